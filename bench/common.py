@@ -1,0 +1,61 @@
+"""Helpers shared by the bench scripts: export a model once, time a session, print a table."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from glmopt.models import load_model  # noqa: E402
+from glmopt.models.builtin import resolve_builtin  # noqa: E402
+from glmopt.onnx_utils import make_session, run_session  # noqa: E402
+from glmopt.pipeline import progress_factory  # noqa: E402
+from glmopt.stages.base import ModelHandle, StageContext  # noqa: E402
+from glmopt.stages.export import ExportConfig, dummy_inputs  # noqa: E402
+from glmopt.stages.export import run as export_run  # noqa: E402
+
+
+def exported(builtin: str, work: Path | None = None):
+    """Load a built-in model and export it with glmopt's export stage; returns (loaded, onnx path, seconds)."""
+    loaded = load_model(resolve_builtin(builtin))
+    work = work or Path(tempfile.mkdtemp(prefix="glmopt-bench-"))
+    ctx = StageContext(work, work, loaded, [], ["CPUExecutionProvider"], 0, progress_factory(False))
+    start = time.perf_counter()
+    result = export_run(ExportConfig(), ctx, ModelHandle("torch", "reference", torch=loaded))
+    return loaded, result.model.onnx_path, time.perf_counter() - start
+
+
+def latency_ms(path: Path, loaded, batch: int, seq: int, runs: int = 10, threads: int = 2) -> float:
+    session = make_session(path, ["CPUExecutionProvider"], threads=threads)
+    feeds = dummy_inputs(loaded, batch, seq, pad_last=False)
+    for _ in range(2):
+        run_session(session, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run_session(session, feeds)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def max_diff(a: Path, b: Path, loaded) -> float:
+    feeds = dummy_inputs(loaded, 2, 33, seed=5)
+    x = run_session(make_session(a, ["CPUExecutionProvider"]), feeds)[0]
+    y = run_session(make_session(b, ["CPUExecutionProvider"]), feeds)[0]
+    return float(np.abs(x - y).max())
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""Which fusion engine to use per model type: ONNX Runtime's transformers optimizer vs onnxscript's ort_fusions.
+
+Exports each ready model once, fuses it with both engines, and prints fusion time, fusions applied, and
+CPU latency (2 threads) against the unfused export, side by side in one run.
+
+    python bench/fusion.py [--models smollm2-glm all-minilm-l6-v2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from common import exported, latency_ms, max_diff, table
+
+from glmopt.stages.fuse import fuse_model
+
+SHAPES = [(1, 128), (4, 512)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["smollm2-glm", "all-minilm-l6-v2"])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = []
+    for builtin in args.models:
+        loaded, onnx_path, export_s = exported(builtin)
+        shapes = SHAPES if loaded.arch.is_decoder else [(1, 128), (32, 128)]
+        base = {s: latency_ms(onnx_path, loaded, *s) for s in shapes}
+        results.append(
+            {
+                "model": builtin,
+                "engine": "none (export)",
+                "seconds": 0.0,
+                "fusions": {},
+                **{f"{b}x{q} ms": base[(b, q)] for b, q in shapes},
+                "speedup": 1.0,
+                "max_diff": 0.0,
+            }
+        )
+        for engine in ("onnxruntime", "onnxscript"):
+            out = onnx_path.with_name(f"fused-{engine}.onnx")
+            start = time.perf_counter()
+            try:
+                fusions = fuse_model(onnx_path, out, engine, loaded.arch.model_type, loaded.model.config)
+            except Exception as exc:  # an engine that fails on a model type is a result too
+                results.append({"model": builtin, "engine": engine, "error": str(exc).splitlines()[0]})
+                continue
+            seconds = time.perf_counter() - start
+            lat = {s: latency_ms(out, loaded, *s) for s in shapes}
+            results.append(
+                {
+                    "model": builtin,
+                    "engine": engine,
+                    "seconds": seconds,
+                    "fusions": fusions,
+                    **{f"{b}x{q} ms": lat[(b, q)] for b, q in shapes},
+                    "speedup": base[shapes[-1]] / lat[shapes[-1]],
+                    "max_diff": max_diff(onnx_path, out, loaded),
+                }
+            )
+    keys = [k for k in results[0] if k not in ("fusions",)]
+    rows = [[r.get(k, "") for k in keys] for r in results]
+    print(table(keys, rows))
+    for r in results:
+        if r.get("fusions"):
+            print(f"{r['model']} / {r['engine']}: {r['fusions']}")
+    print("speedup = latency of the unfused export / latency of the fused model, at the largest shape")
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Stream activations of chosen tensors through an ONNX model and fold them into histograms."""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from glmopt.calibrate.histogram import TensorHistogram
+from glmopt.onnx_utils import EXTERNAL_DATA_THRESHOLD, make_session
+
+FLOAT_TYPES = {1, 10, 16}  # FLOAT, FLOAT16, BFLOAT16
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_nodes(
+    model, op_types: Iterable[str], include: list[str] | None, exclude: list[str], const_weight_only: bool
+) -> list:
+    """Nodes to quantize: of the given op types, matching `include` (if set) and not `exclude` (glob patterns).
+
+    With const_weight_only, a MatMul/Gemm is taken only when one input is a weight (an initializer):
+    activation x activation products (attention scores) stay in float.
+    """
+    op_types = set(op_types)
+    initializers = {i.name for i in model.graph.initializer}
+    chosen = []
+    for node in model.graph.node:
+        if node.op_type not in op_types:
+            continue
+        if include is not None and not matches(node.name, include):
+            continue
+        if matches(node.name, exclude):
+            continue
+        if const_weight_only and node.op_type in ("MatMul", "Gemm") and not any(i in initializers for i in node.input):
+            continue
+        chosen.append(node)
+    return chosen
+
+
+def activation_inputs(model, nodes: list) -> list[str]:
+    """The float, non-constant inputs of `nodes`: the tensors whose ranges calibration must find."""
+    import onnx
+
+    initializers = {i.name for i in model.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=False) if model.ByteSize() < (1 << 31) else model
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
+    names: list[str] = []
+    for node in nodes:
+        for name in node.input:
+            if not name or name in initializers or name in names:
+                continue
+            if types.get(name, 1) in FLOAT_TYPES:
+                names.append(name)
+    return names
+
+
+def augmented_model_path(model_path: Path, tensors: list[str], work_dir: Path) -> Path:
+    """A copy of the model that also outputs `tensors`."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    outputs = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in outputs:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    path = work_dir / "augmented.onnx"
+    large = sum(i.ByteSize() for i in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+    onnx.save_model(model, str(path), save_as_external_data=large, location="augmented.onnx.data")
+    return path
+
+
+def collect_histograms(
+    model_path: Path,
+    tensors: list[str],
+    batches: list[dict[str, np.ndarray]],
+    num_bins: int,
+    providers: list[str],
+    work_dir: Path,
+    on_batch: Callable[[], None] = lambda: None,
+) -> dict[str, TensorHistogram]:
+    """Run every batch once; memory is the model plus one batch's activations plus O(bins) per tensor."""
+    hists = {name: TensorHistogram(num_bins) for name in tensors}
+    scratch = work_dir / "calibration-model"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        path = augmented_model_path(model_path, tensors, scratch)
+        session = make_session(path, providers)
+        input_names = {i.name for i in session.get_inputs()}
+        for feeds in batches:
+            mask = feeds.get("attention_mask")
+            values = session.run(tensors, {k: v for k, v in feeds.items() if k in input_names})
+            for name, value in zip(tensors, values, strict=True):
+                hists[name].update(_real_tokens(value, mask))
+            on_batch()
+        del session
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return hists
+
+
+def _real_tokens(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Drop padded positions when the tensor is laid out (batch, sequence, ...) like the mask."""
+    if mask is None or mask.all() or value.ndim < 2 or value.shape[:2] != mask.shape:
+        return value
+    return value[mask.astype(bool)]

@@ -1,0 +1,126 @@
+"""The glmopt command line. Parses arguments, calls the library, maps errors to exit codes.
+
+Exit codes: 0 built and within budget, 2 bad recipe or input, 3 accuracy budget missed (artifact and
+report written, status "budget-missed"), 4 a stage failed, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from glmopt import __version__
+from glmopt.errors import GateFailed, GlmoptError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Optimize Hugging Face models into ONNX artifacts.")
+
+
+def _emit_json(data: dict) -> None:
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(exc: GlmoptError, as_json: bool) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    if as_json:
+        _emit_json({"error": str(exc), "exit_code": exc.exit_code})
+    raise typer.Exit(exc.exit_code)
+
+
+def _outcome_json(outcome) -> dict:
+    return {
+        "artifact": str(outcome.artifact) if outcome.artifact else None,
+        "version": outcome.version,
+        "within_budget": outcome.within_budget,
+        "verdict": outcome.verdict,
+        "stages": outcome.stages,
+        "metrics": outcome.metrics,
+    }
+
+
+@app.command()
+def build(
+    recipe: Path = typer.Argument(..., help="recipe YAML file"),
+    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="where versions are published"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last line of stdout"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Run a recipe's stages and publish a new artifact version with its report."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
+    from glmopt.pipeline import build as run_build
+
+    try:
+        outcome = run_build(recipe, artifacts_dir, show_progress=not quiet)
+    except GateFailed as exc:
+        outcome = exc.outcome
+        typer.echo(f"budget missed: {exc}; artifact written to {outcome.artifact} with status budget-missed", err=True)
+        if as_json:
+            _emit_json({**_outcome_json(outcome), "exit_code": 3})
+        raise typer.Exit(3) from None
+    except GlmoptError as exc:
+        _fail(exc, as_json)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was published", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"built {outcome.artifact} ({outcome.verdict})", err=True)
+    if as_json:
+        _emit_json({**_outcome_json(outcome), "exit_code": 0})
+    else:
+        typer.echo(str(outcome.artifact))
+
+
+@app.command()
+def validate(
+    recipe: Path = typer.Argument(..., help="recipe YAML file"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Check a recipe (schema, stage order, referenced files) without running it."""
+    from glmopt.pipeline import preflight
+    from glmopt.recipe import load_recipe
+
+    try:
+        loaded = load_recipe(recipe)
+        if loaded.recipe.model.path is not None:  # built-in models are prepared on first build, not here
+            folder = (loaded.base_dir / loaded.recipe.model.path).resolve()
+            if not folder.is_dir():
+                from glmopt.errors import InputError
+
+                raise InputError(f"{recipe}: model.path: folder {folder} does not exist")
+            preflight(loaded, folder)
+        else:
+            from glmopt.pipeline import preflight_without_model
+
+            preflight_without_model(loaded)
+    except GlmoptError as exc:
+        _fail(exc, as_json)
+    stages = loaded.recipe.stage_names()
+    if as_json:
+        _emit_json({"recipe": str(recipe), "valid": True, "name": loaded.recipe.name, "stages": stages})
+    else:
+        typer.echo(f"{recipe}: valid ({' -> '.join(stages)})")
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe JSON Schema (for editors and CI linters)."""
+    from glmopt.recipe import recipe_json_schema
+
+    typer.echo(json.dumps(recipe_json_schema(), indent=2))
+
+
+@app.command()
+def version() -> None:
+    """Print glmopt's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""ONNX Runtime sessions and ONNX file handling shared by the stages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+# Protobuf cannot hold a model over 2 GB; past this, weights go to an external data file.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def default_providers() -> list[str]:
+    """Execution providers chosen at run time: CUDA where onnxruntime-gpu sees a GPU, else CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = os.environ.get("GLMOPT_PROVIDERS")
+    if wanted:
+        return [p for p in wanted.split(",") if p in available] or ["CPUExecutionProvider"]
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def make_session(path: Path, providers: list[str], threads: int = 0, optimize: bool = True):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def save_model(model, path: Path) -> None:
+    """Save an onnx.ModelProto; weights go to `<name>.data` beside it when the model is too big for one file."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_bytesize(model) else True
+    if large:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _fits_bytesize(model) -> bool:
+    try:
+        model.ByteSize()
+        return True
+    except Exception:  # protobuf refuses to size messages over 2 GB
+        return False
+
+
+def model_files(path: Path) -> list[Path]:
+    """The ONNX file and its external data file, if any."""
+    files = [path]
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        files.append(data)
+    return files
+
+
+def model_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in model_files(path))
+
+
+def run_session(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    names = {i.name for i in session.get_inputs()}
+    return session.run(None, {k: v for k, v in feeds.items() if k in names})

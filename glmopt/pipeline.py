@@ -1,0 +1,254 @@
+"""Runs a recipe's stages in order, owns the working folder and progress, and publishes the artifact."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from glmopt.artifacts import host_info, now_utc, start_version, tool_versions
+from glmopt.calibrate.dataset import load_calibration_file
+from glmopt.errors import GateFailed, GlmoptError, InputError, StageError
+from glmopt.fileutil import sha256_bytes, sha256_file
+from glmopt.models import ARCHITECTURES, SERVING_FILES, load_model, read_model_type
+from glmopt.models.builtin import BUILTIN_MODELS, resolve_builtin
+from glmopt.onnx_utils import default_providers, model_files, model_size
+from glmopt.recipe import LoadedRecipe, check_task_metrics, load_recipe
+from glmopt.report import write_reports
+from glmopt.stages import STAGES, ModelHandle, StageContext
+from glmopt.stages.quantize import QuantizeConfig
+
+
+@dataclass
+class BuildOutcome:
+    artifact: Path | None
+    version: int | None
+    stages: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    within_budget: bool | None = None
+    verdict: str = ""
+
+
+def progress_factory(enabled: bool):
+    from tqdm import tqdm
+
+    def make(total: int, desc: str):
+        return tqdm(
+            total=total,
+            desc=desc,
+            file=sys.stderr,
+            disable=not enabled,
+            mininterval=0.5,
+            dynamic_ncols=True,
+            leave=True,
+        )
+
+    return make
+
+
+def resolve_source(loaded: LoadedRecipe) -> Path:
+    source = loaded.recipe.model
+    if source.builtin is not None:
+        return resolve_builtin(source.builtin)
+    folder = (loaded.base_dir / source.path).resolve()
+    if not folder.is_dir():
+        raise InputError(f"{loaded.path}: model.path: folder {folder} does not exist")
+    return folder
+
+
+def preflight(loaded: LoadedRecipe, folder: Path) -> str:
+    """Checks that need files but no model: model type vs metrics, calibration set files. Returns the task."""
+    return _preflight(loaded, read_model_type(folder))
+
+
+def preflight_without_model(loaded: LoadedRecipe) -> str:
+    """The same checks for a built-in model, whose type is known without preparing it."""
+    assert loaded.recipe.model.builtin is not None
+    return _preflight(loaded, BUILTIN_MODELS[loaded.recipe.model.builtin][1])
+
+
+def _preflight(loaded: LoadedRecipe, model_type: str) -> str:
+    recipe = loaded.recipe
+    task = recipe.model.task or ARCHITECTURES[model_type].task
+    check_task_metrics(recipe, task, str(loaded.path))
+    for i, stage in enumerate(recipe.stages):
+        if isinstance(stage, QuantizeConfig) and isinstance(stage.calibration, str):
+            cal_path = (loaded.base_dir / stage.calibration).resolve()
+            if not cal_path.is_file():
+                raise InputError(f"{loaded.path}: stages[{i}].calibration: file {cal_path} does not exist")
+            load_calibration_file(cal_path)
+    return task
+
+
+def _source_hash(folder: Path) -> str:
+    """Hash of what defines the model: weights, config and tokenizer files (not READMEs or caches)."""
+    parts = [
+        f"{p.name}:{sha256_file(p)}"
+        for p in sorted(folder.iterdir())
+        if p.is_file() and (p.suffix in (".safetensors", ".json") or p.name.startswith("tokenizer"))
+    ]
+    return sha256_bytes("\n".join(parts).encode())
+
+
+def build(
+    recipe_path: Path,
+    artifacts_dir: Path,
+    show_progress: bool = True,
+    work_root: Path | None = None,
+) -> BuildOutcome:
+    loaded = load_recipe(recipe_path)
+    recipe = loaded.recipe
+    folder = resolve_source(loaded)
+    preflight(loaded, folder)
+    progress = progress_factory(show_progress)
+    providers = default_providers()
+
+    artifacts_dir = artifacts_dir.resolve()
+    staging = start_version(artifacts_dir, recipe.name)
+    work = Path(tempfile.mkdtemp(prefix=".work-", dir=work_root or staging.name_dir))
+    try:
+        return _run(loaded, folder, staging, work, progress, providers)
+    except BaseException:
+        staging.discard()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, providers) -> BuildOutcome:
+    recipe = loaded.recipe
+    t0 = time.perf_counter()
+    reference = load_model(folder, task=recipe.model.task, trust_remote_code=recipe.model.trust_remote_code)
+    load_seconds = time.perf_counter() - t0
+    current = ModelHandle(kind="torch", produced_by="reference", torch=reference)
+    history = [current]
+    records: dict[str, dict] = {}
+    stage_log: list[dict] = []
+    evaluation = None
+
+    for index, config in enumerate(recipe.stages):
+        spec = STAGES[config.stage]
+        stage_dir = work / f"{index:02d}-{spec.name}"
+        stage_dir.mkdir()
+        ctx = StageContext(
+            work_dir=stage_dir,
+            base_dir=loaded.base_dir,
+            reference=reference,
+            history=list(history),
+            providers=providers,
+            seed=recipe.seed,
+            progress=progress,
+            records=records,
+        )
+        start = time.perf_counter()
+        try:
+            result = spec.run(config, ctx, current)
+        except GlmoptError:
+            raise
+        except MemoryError:
+            raise StageError(spec.name, "out of memory") from None
+        except OSError as exc:
+            raise StageError(spec.name, f"I/O error: {exc.strerror or exc} ({exc.filename or ''})") from None
+        except Exception as exc:
+            if os.environ.get("GLMOPT_DEBUG"):
+                traceback.print_exc()
+            raise StageError(
+                spec.name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
+        seconds = time.perf_counter() - start
+        entry = {"name": spec.name, "status": "ok", "seconds": round(seconds, 2), "details": result.details}
+        if result.model is not None:
+            current = result.model
+            history.append(current)
+            entry["size_bytes"] = model_size(current.onnx_path) if current.kind == "onnx" else None
+        else:
+            evaluation = result.details
+        records[spec.name] = result.details
+        stage_log.append(entry)
+
+    final = current
+    if final.kind != "onnx":  # the recipe schema requires export, so this is a programming error
+        raise StageError("pipeline", "the build produced no ONNX model")
+
+    # Assemble the artifact: model, serving files, applied recipe, calibration ranges, reports, manifest.
+    for f in model_files(final.onnx_path):
+        staging.add_file(f, f.name.replace(final.onnx_path.name, "model.onnx", 1))
+    for name in SERVING_FILES:
+        src = final.loaded.folder / name
+        if src.is_file():
+            staging.add_file(src)
+    (staging.path / "recipe.yaml").write_text(loaded.text)
+    (staging.path / "recipe.resolved.json").write_text(recipe.model_dump_json(indent=2))
+    for entry in stage_log:
+        ranges = entry["details"].get("ranges_file")
+        if ranges:
+            src = next(work.glob(f"*-{entry['name']}/{ranges}"))
+            staging.add_file(src)
+
+    within = evaluation["within_budget"] if evaluation else None
+    final_metrics = {}
+    if evaluation:
+        final_result = evaluation["models"][evaluation["final"]]
+        final_metrics = {m: v["value"] for m, v in final_result["metrics"].items()}
+        final_metrics["size_bytes"] = final_result["size_bytes"]
+        final_metrics["latency_ms"] = final_result["latency"]["median_ms"]
+        final_metrics["drop_pct"] = final_result["drop_pct"]
+        reference_result = evaluation["models"]["reference"]
+        final_metrics["reference"] = {m: v["value"] for m, v in reference_result["metrics"].items()}
+
+    source_desc = f"builtin:{recipe.model.builtin}" if recipe.model.builtin else str(folder)
+    record = {
+        "schema_version": 1,
+        "name": recipe.name,
+        "version": None,
+        "created": now_utc(),
+        "status": "ok" if within is not False else "budget-missed",
+        "model": {
+            "source": source_desc,
+            "model_type": reference.arch.model_type,
+            "task": reference.arch.task,
+            "sha256": _source_hash(folder),
+        },
+        "recipe": {"file": str(loaded.path), "sha256": sha256_bytes(loaded.text.encode())},
+        "tools": tool_versions(),
+        "host": {**host_info(), "providers": providers},
+        "load_seconds": round(load_seconds, 2),
+        "stages": stage_log,
+        "evaluation": evaluation,
+        "metrics": final_metrics,
+        "within_budget": within,
+    }
+
+    def finalize(version: int) -> None:
+        record["version"] = version
+        write_reports(record, staging.path)
+
+    manifest = {
+        "name": recipe.name,
+        "created": record["created"],
+        "status": record["status"],
+        "source_model": record["model"],
+        "recipe": record["recipe"],
+        "tools": record["tools"],
+        "metrics": final_metrics,
+        "stages": [{"name": s["name"], "seconds": s["seconds"], "status": s["status"]} for s in stage_log],
+    }
+    version, path = staging.publish(manifest, finalize)
+    from glmopt.report import verdict_line
+
+    outcome = BuildOutcome(
+        artifact=path,
+        version=version,
+        stages=[{"name": s["name"], "seconds": s["seconds"], "status": s["status"]} for s in stage_log],
+        metrics=final_metrics,
+        within_budget=within,
+        verdict=verdict_line(record),
+    )
+    if within is False:
+        raise GateFailed(outcome.verdict, outcome)
+    return outcome

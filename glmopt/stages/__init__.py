@@ -1,0 +1,29 @@
+"""The stage registry: recipe stage name -> config class and entry point, written out in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from glmopt.stages import evaluate, export, fuse, prune, quantize
+from glmopt.stages.base import ModelHandle, StageContext, StageResult
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    config: type
+    run: Callable[..., StageResult]
+    # What the stage reads: the PyTorch model (before export), an ONNX model (after), or every model so far.
+    reads: str
+
+
+STAGES: dict[str, StageSpec] = {
+    "prune": StageSpec("prune", prune.PruneConfig, prune.run, "torch"),
+    "export": StageSpec("export", export.ExportConfig, export.run, "torch"),
+    "fuse": StageSpec("fuse", fuse.FuseConfig, fuse.run, "onnx"),
+    "quantize": StageSpec("quantize", quantize.QuantizeConfig, quantize.run, "onnx"),
+    "evaluate": StageSpec("evaluate", evaluate.EvaluateConfig, evaluate.run, "all"),
+}
+
+__all__ = ["STAGES", "ModelHandle", "StageContext", "StageResult", "StageSpec"]

@@ -1,0 +1,292 @@
+"""evaluate: the reference and every stage's model on held-out data, plus size and CPU latency.
+
+Reports each metric's drop against the reference and checks the recipe's budgets on the final model.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from glmopt.data import DataSource, load_rows, rows_digest
+from glmopt.fileutil import tree_size
+from glmopt.metrics import mean_pool, probe_accuracy, relative_drop_pct, spearman, token_nll
+from glmopt.onnx_utils import make_session, model_size, run_session
+from glmopt.schema import StrictModel
+from glmopt.stages.base import ModelHandle, StageContext, StageResult
+from glmopt.stages.export import dummy_inputs, export_wrapper
+
+
+class PerplexityTask(StrictModel):
+    metric: Literal["perplexity"]
+    data: DataSource
+    window: int = Field(512, ge=16, le=32768, description="tokens per window")
+    max_tokens: int = Field(8192, ge=64, description="tokens evaluated in all")
+
+
+class SimilarityTask(StrictModel):
+    metric: Literal["spearman"]
+    data: DataSource
+    max_length: int = Field(128, ge=8, le=8192)
+
+
+class ClassificationTask(StrictModel):
+    metric: Literal["accuracy"]
+    data: DataSource
+    max_length: int = Field(128, ge=8, le=8192)
+    max_samples: int | None = Field(1000, ge=20, description="stratified subsample for speed; null for all")
+    test_fraction: float = Field(0.3, gt=0.05, lt=0.95)
+
+
+EvalTask = Annotated[PerplexityTask | SimilarityTask | ClassificationTask, Field(discriminator="metric")]
+TASK_FOR_METRIC = {"perplexity": "causal-lm", "spearman": "feature-extraction", "accuracy": "feature-extraction"}
+
+
+class LatencyConfig(StrictModel):
+    batch_size: int = Field(1, ge=1, le=256)
+    sequence_length: int = Field(128, ge=2, le=32768)
+    warmup: int = Field(3, ge=0, le=100)
+    runs: int = Field(10, ge=1, le=1000)
+    threads: int = Field(0, ge=0, le=256, description="intra-op threads; 0 lets the runtime choose")
+
+
+class Budget(StrictModel):
+    max_drop_pct: float = Field(..., ge=0, le=1000, description="largest allowed degradation of the final model, %")
+
+
+class EvaluateConfig(StrictModel):
+    stage: Literal["evaluate"] = "evaluate"
+    tasks: list[EvalTask] = Field(..., min_length=1)
+    latency: LatencyConfig = LatencyConfig()
+    budgets: dict[str, Budget] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _budgets_name_tasks(self) -> EvaluateConfig:
+        metrics = [t.metric for t in self.tasks]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("each metric may appear once in 'tasks'")
+        unknown = sorted(set(self.budgets) - set(metrics))
+        if unknown:
+            raise ValueError(f"budgets for {unknown} name no task; tasks measure {metrics}")
+        return self
+
+
+class Runner:
+    """Calls a model, PyTorch or ONNX, on numpy inputs and returns its single output."""
+
+    def __init__(self, handle: ModelHandle, providers: list[str], threads: int):
+        self.handle = handle
+        if handle.kind == "onnx":
+            assert handle.onnx_path is not None
+            self.session = make_session(handle.onnx_path, providers, threads=threads)
+        else:
+            import torch
+
+            if threads:
+                torch.set_num_threads(threads)
+            self.wrapper = export_wrapper(handle.loaded)
+            self.names = handle.loaded.arch.input_names
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if self.handle.kind == "onnx":
+            return run_session(self.session, feeds)[0]
+        import torch
+
+        with torch.inference_mode():
+            return self.wrapper(*[torch.from_numpy(feeds[n]) for n in self.names]).float().numpy()
+
+
+def _feeds(ids: np.ndarray, mask: np.ndarray, input_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if "position_ids" in input_names:
+        feeds["position_ids"] = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
+    if "token_type_ids" in input_names:
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    return feeds
+
+
+class Prepared:
+    """Tokenised evaluation data, built once and shared by every model."""
+
+    def __init__(self, task, tokenizer, input_names, base_dir: Path, seed: int, where: str):
+        self.task = task
+        self.input_names = input_names
+        if isinstance(task, PerplexityTask):
+            rows = load_rows(task.data, base_dir, ("text",), f"{where}.data")
+            eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+            stream: list[int] = []
+            for row in rows:
+                stream.extend(tokenizer(row["text"], add_special_tokens=False)["input_ids"] + eos)
+                if len(stream) >= task.max_tokens:
+                    break
+            n_windows = min(task.max_tokens, len(stream)) // task.window
+            if n_windows == 0:
+                from glmopt.errors import InputError
+
+                raise InputError(f"{where}.data: {len(stream)} tokens is less than one window of {task.window}")
+            self.windows = np.array(stream[: n_windows * task.window], dtype=np.int64).reshape(n_windows, -1)
+            self.count = n_windows
+            self.texts_digest = rows_digest(rows)
+        elif isinstance(task, SimilarityTask):
+            rows = load_rows(task.data, base_dir, ("text_a", "text_b", "score"), f"{where}.data")
+            texts = sorted({r["text_a"] for r in rows} | {r["text_b"] for r in rows})
+            index = {t: i for i, t in enumerate(texts)}
+            self.pairs = np.array([(index[r["text_a"]], index[r["text_b"]]) for r in rows])
+            self.scores = np.array([float(r["score"]) for r in rows])
+            self.encoded = self._encode(tokenizer, texts, task.max_length)
+            self.count = len(rows)
+            self.texts_digest = rows_digest(rows)
+        else:
+            rows = load_rows(task.data, base_dir, ("text", "label"), f"{where}.data")
+            if task.max_samples and len(rows) > task.max_samples:
+                rows = _stratified_sample(rows, task.max_samples, seed)
+            self.labels = [str(r["label"]) for r in rows]
+            self.encoded = self._encode(tokenizer, [r["text"] for r in rows], task.max_length)
+            self.seed = seed
+            self.count = len(rows)
+            self.texts_digest = rows_digest(rows)
+
+    @staticmethod
+    def _encode(tokenizer, texts: list[str], max_length: int, batch_size: int = 32):
+        batches = []
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(
+                texts[start : start + batch_size],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="np",
+            )
+            batches.append((enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)))
+        return batches
+
+    def _embed(self, runner: Runner, bar) -> np.ndarray:
+        out = []
+        for ids, mask in self.encoded:
+            out.append(mean_pool(runner(_feeds(ids, mask, self.input_names)), mask))
+            bar.update(1)
+        return np.concatenate(out)
+
+    @property
+    def steps(self) -> int:
+        return len(self.windows) if isinstance(self.task, PerplexityTask) else len(self.encoded)
+
+    def score(self, runner: Runner, bar) -> dict:
+        if isinstance(self.task, PerplexityTask):
+            total, count, per_window = 0.0, 0, []
+            for row in self.windows:
+                ids = row[None, :]
+                mask = np.ones_like(ids)
+                nll, n = token_nll(runner(_feeds(ids, mask, self.input_names)), ids, mask)
+                total, count = total + nll, count + n
+                per_window.append(float(np.exp(nll / n)))
+                bar.update(1)
+            return {"value": float(np.exp(total / count)), "samples": count, "unit": "tokens", "per_window": per_window}
+        embeddings = self._embed(runner, bar)
+        if isinstance(self.task, SimilarityTask):
+            sims = (embeddings[self.pairs[:, 0]] * embeddings[self.pairs[:, 1]]).sum(axis=1)
+            return {"value": spearman(sims, self.scores), "samples": self.count, "unit": "pairs"}
+        acc, n_test = probe_accuracy(embeddings, self.labels, self.task.test_fraction, self.seed)
+        return {"value": acc, "samples": n_test, "unit": "test documents"}
+
+
+def _stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
+    by_label: dict[str, list[dict]] = {}
+    for row in rows:
+        by_label.setdefault(str(row["label"]), []).append(row)
+    rng = random.Random(seed)
+    picked = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        take = max(2, round(n * len(group) / len(rows)))
+        picked.extend(rng.sample(group, min(take, len(group))))
+    return picked
+
+
+def measure_latency(runner: Runner, loaded, config: LatencyConfig) -> dict:
+    feeds = dummy_inputs(loaded, config.batch_size, config.sequence_length, seed=0, pad_last=False)
+    for _ in range(config.warmup):
+        runner(feeds)
+    times = []
+    for _ in range(config.runs):
+        start = time.perf_counter()
+        runner(feeds)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "runs": config.runs,
+        "shape": [config.batch_size, config.sequence_length],
+        "threads": config.threads,
+    }
+
+
+def handle_size(handle: ModelHandle) -> int:
+    if handle.kind == "onnx":
+        assert handle.onnx_path is not None
+        return model_size(handle.onnx_path)
+    folder = handle.loaded.folder
+    return sum(tree_size(p) for p in folder.glob("*.safetensors"))
+
+
+def run(config: EvaluateConfig, ctx: StageContext, model: ModelHandle) -> StageResult:
+    loaded = ctx.reference
+    prepared = [
+        Prepared(task, loaded.tokenizer, loaded.arch.input_names, ctx.base_dir, ctx.seed, f"evaluate.tasks[{i}]")
+        for i, task in enumerate(config.tasks)
+    ]
+    handles = list(ctx.history)
+    steps = len(handles) * (sum(p.steps for p in prepared) + config.latency.warmup + config.latency.runs)
+    bar = ctx.progress(total=steps, desc=f"evaluate ({len(handles)} models)")
+    results: dict[str, dict] = {}
+    for handle in handles:
+        runner = Runner(handle, ctx.providers, config.latency.threads)
+        metrics = {p.task.metric: p.score(runner, bar) for p in prepared}
+        latency = measure_latency(runner, handle.loaded, config.latency)
+        bar.update(config.latency.warmup + config.latency.runs)
+        results[handle.produced_by] = {
+            "format": "pytorch" if handle.kind == "torch" else "onnx",
+            "size_bytes": handle_size(handle),
+            "latency": latency,
+            "metrics": metrics,
+        }
+        del runner
+    bar.close()
+
+    reference = results["reference"]
+    for result in results.values():
+        result["drop_pct"] = {
+            metric: relative_drop_pct(metric, reference["metrics"][metric]["value"], m["value"])
+            for metric, m in result["metrics"].items()
+        }
+    final_name = handles[-1].produced_by
+    checks = []
+    for metric, budget in config.budgets.items():
+        drop = results[final_name]["drop_pct"][metric]
+        checks.append(
+            {
+                "metric": metric,
+                "model": final_name,
+                "drop_pct": drop,
+                "max_drop_pct": budget.max_drop_pct,
+                "passed": drop <= budget.max_drop_pct,
+            }
+        )
+    details = {
+        "models": results,
+        "final": final_name,
+        "budgets": checks,
+        "within_budget": all(c["passed"] for c in checks),
+        "data": {
+            p.task.metric: {"source": p.task.data.describe(), "samples": p.count, "sha256": p.texts_digest}
+            for p in prepared
+        },
+    }
+    return StageResult(None, details)

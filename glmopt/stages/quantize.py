@@ -1,0 +1,186 @@
+"""quantize: INT8 static QDQ with ranges from glmopt's own streaming calibrator (entropy, MinMax or percentile).
+
+ONNX Runtime's CalibrationMethod.Entropy with default options collects 128-bin histograms and so returns
+MinMax ranges; its real 2048-bin search is a Python loop per threshold and keeps activations in memory.
+glmopt collects histograms itself (glmopt.calibrate) and hands the ranges to ONNX Runtime's QDQ quantizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from glmopt.calibrate.collect import activation_inputs, collect_histograms, select_nodes
+from glmopt.calibrate.dataset import CalibrationSet, calibration_batches, load_calibration_file
+from glmopt.calibrate.histogram import entropy_range, minmax_range, percentile_range
+from glmopt.errors import StageError
+from glmopt.fileutil import write_json
+from glmopt.onnx_utils import make_session, run_session, save_model
+from glmopt.schema import StrictModel
+from glmopt.stages.base import ModelHandle, StageContext, StageResult
+from glmopt.stages.export import dummy_inputs
+
+QUANTIZABLE_OPS = ("MatMul", "Gemm", "Gather")
+
+
+class QuantizeConfig(StrictModel):
+    stage: Literal["quantize"] = "quantize"
+    calibration: str | CalibrationSet = Field(
+        ..., description="a calibration set file (relative to the recipe) or an inline definition"
+    )
+    method: Literal["entropy", "minmax", "percentile"] = "entropy"
+    num_bins: int = Field(2048, ge=128, le=65536, description="histogram bins per tensor (multiple of 4)")
+    num_quantized_bins: int = Field(128, ge=16, le=1024, description="target bins of the entropy search")
+    percentile: float = Field(99.999, gt=50, le=100)
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    op_types: list[Literal["MatMul", "Gemm", "Gather"]] = Field(["MatMul", "Gather"], min_length=1)
+    activation_matmuls: bool = Field(False, description="also quantize activation x activation MatMuls")
+    nodes: list[str] | None = Field(None, description="glob patterns of node names to quantize (default: all)")
+    exclude_nodes: list[str] = Field(default_factory=list, description="glob patterns of node names kept in float")
+
+    @field_validator("num_bins")
+    @classmethod
+    def _bins(cls, value: int) -> int:
+        if value % 4:
+            raise ValueError("must be a multiple of 4")
+        return value
+
+
+RANGE_FUNCTIONS = {
+    "entropy": lambda h, c: entropy_range(h, c.num_quantized_bins),
+    "minmax": lambda h, c: minmax_range(h),
+    "percentile": lambda h, c: percentile_range(h, c.percentile),
+}
+
+
+def resolve_calibration(config: QuantizeConfig, base_dir: Path) -> CalibrationSet:
+    if isinstance(config.calibration, CalibrationSet):
+        return config.calibration
+    return load_calibration_file((base_dir / config.calibration).resolve())
+
+
+def quantize_with_ranges(
+    src: Path, dst: Path, ranges: dict[str, tuple[float, float]], nodes: list[str], config: QuantizeConfig
+) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    model = onnx.load(str(src))
+    method = {
+        "entropy": CalibrationMethod.Entropy,
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+    }[config.method]
+    data = TensorsData(
+        method,
+        {n: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for n, (lo, hi) in ranges.items()},
+    )
+    quantizer = QDQQuantizer(
+        model,
+        config.per_channel,
+        False,  # reduce_range
+        QuantType.QInt8,
+        QuantType.QInt8 if config.symmetric_activations else QuantType.QUInt8,
+        data,
+        nodes,
+        [],
+        list(config.op_types),
+        {
+            "ActivationSymmetric": config.symmetric_activations,
+            "WeightSymmetric": True,
+            "MatMulConstBOnly": not config.activation_matmuls,
+            # Only inputs of MatMul/Gemm are quantized: ONNX Runtime's INT8 kernels take float or int8
+            # outputs alike, and an extra Q/DQ pair on every output would cost time and accuracy.
+            "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+        },
+    )
+    logging.getLogger().setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(sys.stderr):
+        quantizer.quantize_model()
+    save_model(quantizer.model.model, dst)
+
+
+def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageResult:
+    import onnx
+
+    assert model.onnx_path is not None
+    loaded = model.loaded
+    where = "quantize.calibration"
+    cal = resolve_calibration(config, ctx.base_dir)
+    batches, cal_info = calibration_batches(cal, loaded.tokenizer, loaded.arch.input_names, ctx.base_dir, where)
+
+    proto = onnx.load(str(model.onnx_path), load_external_data=False)
+    nodes = select_nodes(proto, config.op_types, config.nodes, config.exclude_nodes, not config.activation_matmuls)
+    if not nodes:
+        raise StageError("quantize", "no node matches op_types / nodes / exclude_nodes: nothing to quantize")
+    tensors = activation_inputs(proto, nodes)
+    del proto
+
+    bar = ctx.progress(total=len(batches), desc=f"calibrate ({config.method}, {len(tensors)} tensors)")
+    hists = collect_histograms(
+        model.onnx_path, tensors, batches, config.num_bins, ctx.providers, ctx.work_dir, on_batch=lambda: bar.update(1)
+    )
+    bar.close()
+
+    search = ctx.progress(total=len(hists), desc="range search")
+    ranges: dict[str, tuple[float, float]] = {}
+    saved: dict[str, dict] = {}
+    skipped: list[str] = []
+    for name, hist in hists.items():
+        if hist.total == 0:
+            skipped.append(name)  # only non-finite values: no range exists; its consumers stay in float
+        else:
+            ranges[name] = RANGE_FUNCTIONS[config.method](hist, config)
+            saved[name] = {
+                "range": list(ranges[name]),
+                "minmax": [hist.minimum, hist.maximum],
+                "values": hist.total,
+                "nonfinite": hist.nonfinite,
+            }
+        search.update(1)
+    search.close()
+    quantized_nodes = [n.name for n in nodes if not any(i in skipped for i in n.input)]
+    ranges_file = ctx.work_dir / "calibration_ranges.json"
+    write_json(
+        ranges_file,
+        {
+            "method": config.method,
+            "num_bins": config.num_bins,
+            "num_quantized_bins": config.num_quantized_bins,
+            "tensors": saved,
+        },
+    )
+
+    out = ctx.work_dir / "model.onnx"
+    try:
+        quantize_with_ranges(model.onnx_path, out, ranges, quantized_nodes, config)
+    except Exception as exc:
+        raise StageError("quantize", f"ONNX Runtime's QDQ quantizer failed: {str(exc).splitlines()[0]}") from None
+    check = run_session(make_session(out, ctx.providers), dummy_inputs(loaded, 2, 19, seed=ctx.seed))[0]
+    if not np.isfinite(check).all():
+        raise StageError("quantize", "the quantized model produces non-finite outputs")
+
+    clipped = sum(1 for s in saved.values() if s["range"] != s["minmax"])
+    details = {
+        "method": config.method,
+        "per_channel": config.per_channel,
+        "op_types": list(config.op_types),
+        "quantized_nodes": len(quantized_nodes),
+        "calibrated_tensors": len(ranges),
+        "tensors_without_range": skipped,
+        "ranges_narrower_than_minmax": clipped,
+        "calibration": cal_info,
+        "ranges_file": ranges_file.name,
+        "exclude_nodes": list(config.exclude_nodes),
+    }
+    handle = ModelHandle(kind="onnx", produced_by="quantize", onnx_path=out, torch=loaded)
+    return StageResult(handle, details)
