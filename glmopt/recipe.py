@@ -97,21 +97,36 @@ def read_yaml(path: Path) -> Any:
         raise RecipeError(str(path), "", f"not valid YAML: {where}{problem}") from None
 
 
+UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none", "CalibrationSet"}
+
+
 def _field_path(loc: tuple) -> str:
+    """Pydantic's location as a recipe author writes it: `stages[2].calibration.num_samples`.
+
+    Discriminator tags (right after a list index) and union branch names are pydantic's bookkeeping,
+    not keys in the file, so they are left out.
+    """
     out = ""
+    previous = None
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in STAGE_ORDER or part in TASK_FOR_METRIC or part in ("function-after", "str"):
-            continue  # discriminator tags and union branch names add nothing a person can act on
+        elif (
+            (isinstance(previous, int) and part in (*STAGE_ORDER, *TASK_FOR_METRIC))
+            or part in UNION_BRANCHES
+            or "[" in str(part)
+        ):
+            pass
         else:
             out += f".{part}" if out else str(part)
+        previous = part
     return out
 
 
 def format_validation_error(exc: ValidationError) -> tuple[str, str]:
     """The first error as (field path, what was expected), in words a recipe author can act on."""
-    err = exc.errors(include_url=False)[0]
+    # When a value fits no branch of a union, the deepest error is the one about the author's intent.
+    err = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
     field = _field_path(err["loc"])
     kind = err["type"]
     given = err.get("input")
@@ -119,11 +134,12 @@ def format_validation_error(exc: ValidationError) -> tuple[str, str]:
         return field, "unknown key"
     if kind == "missing":
         return field, "required key is missing"
+    ctx = err.get("ctx", {})
+    key = str(ctx.get("discriminator", "")).strip("'")
     if kind == "union_tag_invalid":
-        expected = err.get("ctx", {}).get("expected_tags", "")
-        return field, f"unknown value {given!r}; expected one of {expected}"
+        return f"{field}.{key}", f"unknown value {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
-        return field, f"missing discriminator key; expected one of {err.get('ctx', {}).get('expected_tags', '')}"
+        return f"{field}.{key}", f"required key is missing; expected one of {ctx.get('expected_tags')}"
     message = err["msg"].removeprefix("Value error, ")
     if given is not None and not isinstance(given, dict | list) and kind != "value_error":
         message += f" (got {given!r})"

@@ -1,0 +1,118 @@
+"""The streaming calibrator: known answers on synthetic data, agreement with ONNX Runtime, bounded memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from glmopt.calibrate.histogram import (
+    TensorHistogram,
+    entropy_range,
+    entropy_threshold_indices,
+    minmax_range,
+    percentile_range,
+)
+
+
+def hist_of(*arrays, bins=2048) -> TensorHistogram:
+    h = TensorHistogram(bins)
+    for a in arrays:
+        h.update(a)
+    return h
+
+
+def test_gaussian_with_outliers_is_clipped_below_the_outliers():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=200_000), [40.0, -35.0, 38.0]])
+    lo, hi = entropy_range(hist_of(x))
+    assert 2.5 < hi < 20 and -20 < lo < -2.5
+    assert minmax_range(hist_of(x)) == (-35.0, 40.0)
+
+
+def test_uniform_threshold_is_near_the_max():
+    x = np.random.default_rng(1).uniform(-3, 3, size=300_000)
+    lo, hi = entropy_range(hist_of(x))
+    assert hi > 0.9 * 3 and lo < -0.9 * 3
+
+
+def test_percentile_holds_the_requested_mass():
+    x = np.random.default_rng(2).normal(size=400_000)
+    lo, hi = percentile_range(hist_of(x), 99.0)
+    inside = np.mean((x >= lo) & (x <= hi))
+    assert 0.989 <= inside <= 0.993
+    assert hi == pytest.approx(2.576, abs=0.02)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_entropy_search_equals_onnxruntime_on_the_same_histogram(seed):
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(seed)
+    x = [
+        rng.normal(size=100_000),
+        rng.standard_t(3, size=100_000),
+        np.abs(rng.normal(size=50_000)),
+        rng.laplace(size=80_000),
+        rng.uniform(-1, 5, size=60_000),
+        rng.normal(size=90_000) * 0.01,
+    ][seed]
+    h = hist_of(x, bins=[2048, 1024, 512][seed % 3])
+    collector = HistogramCollector("entropy", False, h.num_bins, 128, None, None)
+    ort_lo, ort_hi = collector.get_entropy_threshold(
+        (h.counts, h.edges.astype(np.float32), np.float32(h.minimum), np.float32(h.maximum)), 128
+    )
+    assert entropy_range(h) == (pytest.approx(float(ort_lo), rel=1e-6), pytest.approx(float(ort_hi), rel=1e-6))
+
+
+def test_range_growth_is_exact_and_independent_of_batch_order():
+    rng = np.random.default_rng(3)
+    batches = [rng.normal(scale=s, size=10_000) for s in (0.01, 1.0, 30.0, 0.5)]
+    one_pass = hist_of(np.concatenate(batches))
+    streamed = hist_of(*batches)
+    reversed_ = hist_of(*batches[::-1])
+    assert streamed.half_range == one_pass.half_range == reversed_.half_range
+    np.testing.assert_array_equal(streamed.counts, one_pass.counts)
+    np.testing.assert_array_equal(reversed_.counts, one_pass.counts)
+    assert streamed.counts.sum() == 40_000
+
+
+def test_merge_equals_streaming():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=5000), rng.normal(scale=9, size=5000)
+    merged = hist_of(a)
+    merged.merge(hist_of(b))
+    np.testing.assert_array_equal(merged.counts, hist_of(a, b).counts)
+
+
+def test_memory_does_not_grow_with_samples():
+    h = TensorHistogram(2048)
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        h.update(rng.normal(size=5000))
+    assert h.counts.nbytes == 2048 * 8 and h.total == 1_000_000
+
+
+def test_non_finite_values_are_counted_and_left_out():
+    h = hist_of(np.array([1.0, -2.0, np.inf, np.nan, -np.inf, 0.5], dtype=np.float32))
+    assert h.nonfinite == 3 and h.total == 3
+    assert minmax_range(h) == (-2.0, 1.0)
+    only_bad = hist_of(np.array([np.nan, np.inf]))
+    assert only_bad.total == 0 and minmax_range(only_bad) == (0.0, 0.0)
+
+
+def test_constant_tensors_get_a_range_that_holds_them():
+    zeros = hist_of(np.zeros(1000))
+    assert entropy_range(zeros) == (0.0, 0.0) == percentile_range(zeros)
+    sevens = hist_of(np.full(1000, 7.0))
+    lo, hi = entropy_range(sevens)
+    assert lo == 7.0 and hi == 7.0  # quantizers widen a range to include zero
+
+
+def test_bins_must_allow_exact_doubling():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        TensorHistogram(1002)
+
+
+def test_search_is_deterministic():
+    counts = np.random.default_rng(6).integers(0, 1000, size=2048)
+    assert entropy_threshold_indices(counts) == entropy_threshold_indices(counts.copy())

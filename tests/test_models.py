@@ -1,0 +1,122 @@
+"""Model sources: the Llama -> GLM weight mapping behind the demo model, and refusing unsafe folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from glmopt.errors import InputError
+from glmopt.models import load_model
+from glmopt.models.builtin import llama_to_glm_state_dict
+
+
+def test_llama_weights_as_glm_compute_the_same_logits(tiny_models):
+    from transformers import GlmConfig, GlmForCausalLM
+
+    llama = load_model(tiny_models["llama"]).model
+    lc = llama.config
+    head_dim = lc.hidden_size // lc.num_attention_heads
+    glm = GlmForCausalLM(
+        GlmConfig(
+            vocab_size=lc.vocab_size,
+            hidden_size=lc.hidden_size,
+            intermediate_size=lc.intermediate_size,
+            num_hidden_layers=lc.num_hidden_layers,
+            num_attention_heads=lc.num_attention_heads,
+            num_key_value_heads=lc.num_key_value_heads,
+            head_dim=head_dim,
+            partial_rotary_factor=1.0,
+            attention_bias=False,
+            rms_norm_eps=lc.rms_norm_eps,
+            rope_parameters=dict(lc.rope_parameters),
+            tie_word_embeddings=lc.tie_word_embeddings,
+            pad_token_id=2,
+            max_position_embeddings=256,
+        )
+    ).eval()
+    state = llama_to_glm_state_dict(llama.state_dict(), lc.num_attention_heads, lc.num_key_value_heads, head_dim)
+    missing, unexpected = glm.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    ids = torch.randint(3, lc.vocab_size, (2, 23))
+    with torch.no_grad():
+        expected = llama(input_ids=ids).logits
+        got = glm(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+def test_glm_without_q_k_permutation_would_differ(tiny_models):
+    """Guards the test above: the permutation is what makes the two agree."""
+    from transformers import GlmConfig, GlmForCausalLM
+
+    llama = load_model(tiny_models["llama"]).model
+    lc = llama.config
+    head_dim = lc.hidden_size // lc.num_attention_heads
+    glm = GlmForCausalLM(
+        GlmConfig(
+            vocab_size=lc.vocab_size,
+            hidden_size=lc.hidden_size,
+            intermediate_size=lc.intermediate_size,
+            num_hidden_layers=lc.num_hidden_layers,
+            num_attention_heads=lc.num_attention_heads,
+            num_key_value_heads=lc.num_key_value_heads,
+            head_dim=head_dim,
+            partial_rotary_factor=1.0,
+            attention_bias=False,
+            rms_norm_eps=lc.rms_norm_eps,
+            rope_parameters=dict(lc.rope_parameters),
+            tie_word_embeddings=lc.tie_word_embeddings,
+            pad_token_id=2,
+            max_position_embeddings=256,
+        )
+    ).eval()
+    state = llama_to_glm_state_dict(llama.state_dict(), lc.num_attention_heads, lc.num_key_value_heads, head_dim)
+    for name in list(state):
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            state[name] = llama.state_dict()[name]
+    glm.load_state_dict(state, strict=False)
+    ids = torch.randint(3, lc.vocab_size, (1, 17))
+    with torch.no_grad():
+        assert (glm(input_ids=ids).logits - llama(input_ids=ids).logits).abs().max() > 1e-2
+
+
+def test_pickle_weights_are_refused(tiny_models, tmp_path):
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_models["glm"], folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1)}, folder / "pytorch_model.bin")
+    with pytest.raises(
+        InputError, match=r"weights are pickle files \(pytorch_model.bin\); glmopt loads only safetensors"
+    ):
+        load_model(folder)
+
+
+def test_folder_without_weights(tiny_models, tmp_path):
+    folder = tmp_path / "empty"
+    shutil.copytree(tiny_models["glm"], folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(InputError, match=r"no model weights \(\*.safetensors\) found"):
+        load_model(folder)
+
+
+def test_unsupported_model_type(tiny_models, tmp_path):
+    folder = tmp_path / "gpt"
+    shutil.copytree(tiny_models["glm"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "gpt2"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="model_type 'gpt2' is not supported; expected one of"):
+        load_model(folder)
+
+
+def test_remote_code_is_not_trusted_by_default(tiny_models, tmp_path):
+    folder = tmp_path / "remote"
+    shutil.copytree(tiny_models["glm"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text("raise SystemExit('remote code ran')\n")
+    loaded = load_model(folder)  # auto_map is ignored without trust_remote_code: the stock GLM class loads
+    assert type(loaded.model).__name__ == "GlmForCausalLM"
