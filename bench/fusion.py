@@ -61,7 +61,7 @@ def main() -> None:
                     "max_diff": max_diff(onnx_path, out, loaded),
                 }
             )
-    keys = [k for k in results[0] if k not in ("fusions",)]
+    keys = list(dict.fromkeys(k for r in results for k in r if k != "fusions"))
     rows = [[r.get(k, "") for k in keys] for r in results]
     print(table(keys, rows))
     for r in results:

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from glmopt import __version__
-from glmopt.errors import InputError
+from glmopt.errors import InputError, PublishError
 from glmopt.fileutil import sha256_file, write_json
 
 MANIFEST = "manifest.json"
@@ -100,7 +100,7 @@ def start_version(artifacts_dir: Path, name: str) -> Staging:
         name_dir.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=".staging-", dir=name_dir))
     except OSError as exc:
-        raise InputError(f"{artifacts_dir}: cannot write artifacts there ({exc.strerror})") from None
+        raise PublishError(f"{artifacts_dir}: cannot write artifacts there ({exc.strerror})") from None
     return Staging(name_dir, path)
 
 

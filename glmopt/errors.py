@@ -36,6 +36,12 @@ class StageError(GlmoptError):
         super().__init__(f"stage '{stage}' failed: {message}")
 
 
+class PublishError(GlmoptError):
+    """The artifact could not be written (unwritable folder, full disk)."""
+
+    exit_code = 4
+
+
 class GateFailed(GlmoptError):
     """The build finished but missed an accuracy budget; the report is still written."""
 

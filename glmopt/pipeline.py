@@ -13,7 +13,8 @@ from pathlib import Path
 
 from glmopt.artifacts import host_info, now_utc, start_version, tool_versions
 from glmopt.calibrate.dataset import load_calibration_file
-from glmopt.errors import GateFailed, GlmoptError, InputError, StageError
+from glmopt.data import load_rows
+from glmopt.errors import GateFailed, GlmoptError, InputError, PublishError, StageError
 from glmopt.fileutil import sha256_bytes, sha256_file
 from glmopt.models import ARCHITECTURES, SERVING_FILES, load_model, read_model_type
 from glmopt.models.builtin import BUILTIN_MODELS, resolve_builtin
@@ -21,6 +22,7 @@ from glmopt.onnx_utils import default_providers, model_files, model_size
 from glmopt.recipe import LoadedRecipe, check_task_metrics, load_recipe
 from glmopt.report import write_reports
 from glmopt.stages import STAGES, ModelHandle, StageContext
+from glmopt.stages.evaluate import TASK_COLUMNS, EvaluateConfig
 from glmopt.stages.quantize import QuantizeConfig
 
 
@@ -73,15 +75,36 @@ def preflight_without_model(loaded: LoadedRecipe) -> str:
 
 
 def _preflight(loaded: LoadedRecipe, model_type: str) -> str:
+    """Fail in seconds, before any model work, on what a recipe's files and data can tell."""
     recipe = loaded.recipe
     task = recipe.model.task or ARCHITECTURES[model_type].task
     check_task_metrics(recipe, task, str(loaded.path))
+    calibration_texts: set[str] = set()
+    evaluation_texts: dict[str, set[str]] = {}
     for i, stage in enumerate(recipe.stages):
-        if isinstance(stage, QuantizeConfig) and isinstance(stage.calibration, str):
-            cal_path = (loaded.base_dir / stage.calibration).resolve()
-            if not cal_path.is_file():
-                raise InputError(f"{loaded.path}: stages[{i}].calibration: file {cal_path} does not exist")
-            load_calibration_file(cal_path)
+        where = f"{loaded.path}: stages[{i}]"
+        if isinstance(stage, QuantizeConfig):
+            cal, cal_base, cal_where = stage.calibration, loaded.base_dir, f"{where}.calibration"
+            if isinstance(cal, str):
+                cal_path = (loaded.base_dir / cal).resolve()
+                if not cal_path.is_file():
+                    raise InputError(f"{cal_where}: file {cal_path} does not exist")
+                cal, cal_base, cal_where = load_calibration_file(cal_path), cal_path.parent, str(cal_path)
+            rows = load_rows(cal.data, cal_base, ("text",), f"{cal_where}: data")
+            calibration_texts = {r["text"] for r in rows}
+        if isinstance(stage, EvaluateConfig):
+            for j, task_config in enumerate(stage.tasks):
+                columns = TASK_COLUMNS[task_config.metric]
+                rows = load_rows(task_config.data, loaded.base_dir, columns, f"{where}.tasks[{j}].data")
+                text_columns = [c for c in columns if c.startswith("text")]
+                evaluation_texts[f"stages[{i}].tasks[{j}]"] = {r[c] for r in rows for c in text_columns}
+    for field, texts in evaluation_texts.items():
+        shared = calibration_texts & texts
+        if shared:
+            raise InputError(
+                f"{loaded.path}: {field}.data: {len(shared)} documents also appear in the calibration data; "
+                "calibration and evaluation text must be disjoint for the reported drops to mean anything"
+            )
     return task
 
 
@@ -113,6 +136,9 @@ def build(
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=work_root or staging.name_dir))
     try:
         return _run(loaded, folder, staging, work, progress, providers)
+    except OSError as exc:  # stage I/O errors are StageErrors by now: this is writing the artifact itself
+        staging.discard()
+        raise PublishError(f"{artifacts_dir}: could not write the artifact ({exc.strerror or exc})") from None
     except BaseException:
         staging.discard()
         raise

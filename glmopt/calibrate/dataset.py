@@ -98,10 +98,3 @@ def calibration_batches(
         "text_sha256": rows_digest([{"text": t} for t in texts]),
     }
     return batches, info
-
-
-def calibration_texts(cal: CalibrationSet, base_dir: Path, where: str) -> list[str]:
-    return [r["text"] for r in load_rows(cal.data, base_dir, ("text",), where)]
-
-
-__all__ = ["CalibrationSet", "calibration_batches", "calibration_texts", "load_calibration_file"]

@@ -45,6 +45,7 @@ class ClassificationTask(StrictModel):
 
 
 EvalTask = Annotated[PerplexityTask | SimilarityTask | ClassificationTask, Field(discriminator="metric")]
+TASK_COLUMNS = {"perplexity": ("text",), "spearman": ("text_a", "text_b", "score"), "accuracy": ("text", "label")}
 TASK_FOR_METRIC = {"perplexity": "causal-lm", "spearman": "feature-extraction", "accuracy": "feature-extraction"}
 
 
@@ -118,7 +119,7 @@ class Prepared:
         self.task = task
         self.input_names = input_names
         if isinstance(task, PerplexityTask):
-            rows = load_rows(task.data, base_dir, ("text",), f"{where}.data")
+            rows = load_rows(task.data, base_dir, TASK_COLUMNS["perplexity"], f"{where}.data")
             eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
             stream: list[int] = []
             for row in rows:
@@ -134,7 +135,7 @@ class Prepared:
             self.count = n_windows
             self.texts_digest = rows_digest(rows)
         elif isinstance(task, SimilarityTask):
-            rows = load_rows(task.data, base_dir, ("text_a", "text_b", "score"), f"{where}.data")
+            rows = load_rows(task.data, base_dir, TASK_COLUMNS["spearman"], f"{where}.data")
             texts = sorted({r["text_a"] for r in rows} | {r["text_b"] for r in rows})
             index = {t: i for i, t in enumerate(texts)}
             self.pairs = np.array([(index[r["text_a"]], index[r["text_b"]]) for r in rows])
@@ -143,7 +144,7 @@ class Prepared:
             self.count = len(rows)
             self.texts_digest = rows_digest(rows)
         else:
-            rows = load_rows(task.data, base_dir, ("text", "label"), f"{where}.data")
+            rows = load_rows(task.data, base_dir, TASK_COLUMNS["accuracy"], f"{where}.data")
             if task.max_samples and len(rows) > task.max_samples:
                 rows = _stratified_sample(rows, task.max_samples, seed)
             self.labels = [str(r["label"]) for r in rows]

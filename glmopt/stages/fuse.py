@@ -20,7 +20,7 @@ from glmopt.stages.export import check_numerics, dummy_inputs
 Backend = Literal["auto", "onnxruntime", "onnxscript", "none"]
 
 # Which fuser `auto` picks per model type, from bench/fusion.py (see docs/decisions/0002-fusion-backend.md).
-AUTO_BACKEND: dict[str, str] = {"glm": "onnxscript", "glm4": "onnxscript", "llama": "onnxscript", "bert": "onnxruntime"}
+AUTO_BACKEND: dict[str, str] = {"glm": "onnxscript", "glm4": "onnxscript", "llama": "onnxscript", "bert": "onnxscript"}
 # onnxruntime.transformers.optimizer's model_type for each architecture.
 ORT_MODEL_TYPE: dict[str, str] = {"glm": "gpt2", "glm4": "gpt2", "llama": "gpt2", "bert": "bert"}
 

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from glmopt.calibrate.collect import activation_inputs, collect_histograms, select_nodes
+from glmopt.calibrate.collect import activation_inputs, collect_histograms, matches, select_nodes
 from glmopt.calibrate.dataset import CalibrationSet, calibration_batches, load_calibration_file
 from glmopt.calibrate.histogram import entropy_range, minmax_range, percentile_range
 from glmopt.errors import StageError
@@ -35,6 +35,10 @@ class QuantizeConfig(StrictModel):
         ..., description="a calibration set file (relative to the recipe) or an inline definition"
     )
     method: Literal["entropy", "minmax", "percentile"] = "entropy"
+    method_overrides: dict[str, Literal["entropy", "minmax", "percentile"]] = Field(
+        default_factory=dict,
+        description="node-name glob -> range method for the inputs of matching nodes (first match wins)",
+    )
     num_bins: int = Field(2048, ge=128, le=65536, description="histogram bins per tensor (multiple of 4)")
     num_quantized_bins: int = Field(128, ge=16, le=1024, description="target bins of the entropy search")
     percentile: float = Field(99.999, gt=50, le=100)
@@ -60,10 +64,24 @@ RANGE_FUNCTIONS = {
 }
 
 
-def resolve_calibration(config: QuantizeConfig, base_dir: Path) -> CalibrationSet:
+def tensor_methods(nodes: list, tensors: list[str], config: QuantizeConfig) -> dict[str, str]:
+    """The range method of each calibrated tensor: the first override whose glob matches a consumer node."""
+    methods = dict.fromkeys(tensors, config.method)
+    for pattern, method in reversed(list(config.method_overrides.items())):
+        for node in nodes:
+            if matches(node.name, [pattern]):
+                for name in node.input:
+                    if name in methods:
+                        methods[name] = method
+    return methods
+
+
+def resolve_calibration(config: QuantizeConfig, base_dir: Path) -> tuple[CalibrationSet, Path]:
+    """The calibration set and the folder its relative paths resolve from (its own file's, if it has one)."""
     if isinstance(config.calibration, CalibrationSet):
-        return config.calibration
-    return load_calibration_file((base_dir / config.calibration).resolve())
+        return config.calibration, base_dir
+    path = (base_dir / config.calibration).resolve()
+    return load_calibration_file(path), path.parent
 
 
 def quantize_with_ranges(
@@ -115,8 +133,8 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
     assert model.onnx_path is not None
     loaded = model.loaded
     where = "quantize.calibration"
-    cal = resolve_calibration(config, ctx.base_dir)
-    batches, cal_info = calibration_batches(cal, loaded.tokenizer, loaded.arch.input_names, ctx.base_dir, where)
+    cal, cal_base = resolve_calibration(config, ctx.base_dir)
+    batches, cal_info = calibration_batches(cal, loaded.tokenizer, loaded.arch.input_names, cal_base, where)
 
     proto = onnx.load(str(model.onnx_path), load_external_data=False)
     nodes = select_nodes(proto, config.op_types, config.nodes, config.exclude_nodes, not config.activation_matmuls)
@@ -132,6 +150,7 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
     bar.close()
 
     search = ctx.progress(total=len(hists), desc="range search")
+    methods = tensor_methods(nodes, tensors, config)
     ranges: dict[str, tuple[float, float]] = {}
     saved: dict[str, dict] = {}
     skipped: list[str] = []
@@ -139,8 +158,9 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         if hist.total == 0:
             skipped.append(name)  # only non-finite values: no range exists; its consumers stay in float
         else:
-            ranges[name] = RANGE_FUNCTIONS[config.method](hist, config)
+            ranges[name] = RANGE_FUNCTIONS[methods[name]](hist, config)
             saved[name] = {
+                "method": methods[name],
                 "range": list(ranges[name]),
                 "minmax": [hist.minimum, hist.maximum],
                 "values": hist.total,
@@ -172,6 +192,8 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
     clipped = sum(1 for s in saved.values() if s["range"] != s["minmax"])
     details = {
         "method": config.method,
+        "method_overrides": dict(config.method_overrides),
+        "tensors_per_method": {m: list(methods.values()).count(m) for m in sorted(set(methods.values()))},
         "per_channel": config.per_channel,
         "op_types": list(config.op_types),
         "quantized_nodes": len(quantized_nodes),

