@@ -98,11 +98,11 @@ def _preflight(loaded: LoadedRecipe, model_type: str) -> str:
                 rows = load_rows(task_config.data, loaded.base_dir, columns, f"{where}.tasks[{j}].data")
                 text_columns = [c for c in columns if c.startswith("text")]
                 evaluation_texts[f"stages[{i}].tasks[{j}]"] = {r[c] for r in rows for c in text_columns}
-    for field, texts in evaluation_texts.items():
+    for location, texts in evaluation_texts.items():
         shared = calibration_texts & texts
         if shared:
             raise InputError(
-                f"{loaded.path}: {field}.data: {len(shared)} documents also appear in the calibration data; "
+                f"{loaded.path}: {location}.data: {len(shared)} documents also appear in the calibration data; "
                 "calibration and evaluation text must be disjoint for the reported drops to mean anything"
             )
     return task
