@@ -48,7 +48,15 @@ def activation_inputs(model, nodes: list) -> list[str]:
     import onnx
 
     initializers = {i.name for i in model.graph.initializer}
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=False) if model.ByteSize() < (1 << 31) else model
+    # Type inference needs the initializers' types, not their values: infer on a copy without weights.
+    big = [i for i in model.graph.initializer if len(i.raw_data) > 1024 or i.data_location == 1]
+    small = [i for i in model.graph.initializer if not (len(i.raw_data) > 1024 or i.data_location == 1)]
+    weight_inputs = [onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in big]
+    graph = onnx.helper.make_graph(
+        list(model.graph.node), "types", [*model.graph.input, *weight_inputs], list(model.graph.output), small
+    )
+    skeleton = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=False)
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
     names: list[str] = []

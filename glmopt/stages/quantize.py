@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -133,6 +134,15 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
     assert model.onnx_path is not None
     loaded = model.loaded
     where = "quantize.calibration"
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
     cal, cal_base = resolve_calibration(config, ctx.base_dir)
     batches, cal_info = calibration_batches(cal, loaded.tokenizer, loaded.arch.input_names, cal_base, where)
 
@@ -142,12 +152,14 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         raise StageError("quantize", "no node matches op_types / nodes / exclude_nodes: nothing to quantize")
     tensors = activation_inputs(proto, nodes)
     del proto
+    lap("prepare_seconds")
 
     bar = ctx.progress(total=len(batches), desc=f"calibrate ({config.method}, {len(tensors)} tensors)")
     hists = collect_histograms(
         model.onnx_path, tensors, batches, config.num_bins, ctx.providers, ctx.work_dir, on_batch=lambda: bar.update(1)
     )
     bar.close()
+    lap("collect_seconds")
 
     search = ctx.progress(total=len(hists), desc="range search")
     methods = tensor_methods(nodes, tensors, config)
@@ -168,6 +180,7 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
             }
         search.update(1)
     search.close()
+    lap("search_seconds")
     quantized_nodes = [n.name for n in nodes if not any(i in skipped for i in n.input)]
     ranges_file = ctx.work_dir / "calibration_ranges.json"
     write_json(
@@ -185,6 +198,7 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         quantize_with_ranges(model.onnx_path, out, ranges, quantized_nodes, config)
     except Exception as exc:
         raise StageError("quantize", f"ONNX Runtime's QDQ quantizer failed: {str(exc).splitlines()[0]}") from None
+    lap("quantizer_seconds")
     check = run_session(make_session(out, ctx.providers), dummy_inputs(loaded, 2, 19, seed=ctx.seed))[0]
     if not np.isfinite(check).all():
         raise StageError("quantize", "the quantized model produces non-finite outputs")
@@ -203,6 +217,7 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         "calibration": cal_info,
         "ranges_file": ranges_file.name,
         "exclude_nodes": list(config.exclude_nodes),
+        "timings": timings,
     }
     handle = ModelHandle(kind="onnx", produced_by="quantize", onnx_path=out, torch=loaded)
     return StageResult(handle, details)
