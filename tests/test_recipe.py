@@ -66,7 +66,7 @@ BAD = [
     (("stages", 0, "check_shape"), [2, 16], "stages[0]", "check_shape must differ"),
     (("stages", 1, "backend"), "tensorrt", "stages[1].backend", "'auto', 'onnxruntime', 'onnxscript' or 'none'"),
     (("stages", 2, "method"), "kl", "stages[2].method", "'entropy', 'minmax' or 'percentile'"),
-    (("stages", 2, "num_bins"), 1002, "stages[2].num_bins", "multiple of 4"),
+    (("stages", 2, "num_bins"), 1002, "stages[2].num_bins", "must be a power of two"),
     (("stages", 2, "calibration", "num_samples"), 0, "stages[2].calibration.num_samples", "greater than or equal to 1"),
     (("stages", 2, "op_types"), ["Conv"], "stages[2].op_types[0]", "'MatMul', 'Gemm' or 'Gather'"),
     (("stages", 3, "budgets"), {"bleu": {"max_drop_pct": 1}}, "stages[3]", "budgets for ['bleu'] name no task"),

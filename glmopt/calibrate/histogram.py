@@ -26,8 +26,8 @@ class TensorHistogram:
     nonfinite: int = 0  # NaN/inf values seen and left out of the histogram
 
     def __post_init__(self) -> None:
-        if self.num_bins < 8 or self.num_bins % 4:
-            raise ValueError(f"num_bins must be a multiple of 4 and at least 8, got {self.num_bins}")
+        if self.num_bins < 8 or self.num_bins & (self.num_bins - 1):
+            raise ValueError(f"num_bins must be a power of two and at least 8, got {self.num_bins}")
         self.counts = np.zeros(self.num_bins, dtype=np.int64)
 
     @property
@@ -43,13 +43,16 @@ class TensorHistogram:
 
     def update(self, values: np.ndarray) -> None:
         x = np.asarray(values, dtype=np.float32).ravel()
-        finite = np.isfinite(x)
-        if not finite.all():
-            self.nonfinite += int(x.size - finite.sum())
-            x = x[finite]
         if x.size == 0:
             return
         lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or inf somewhere: the slow path
+            finite = np.isfinite(x)
+            self.nonfinite += int(x.size - finite.sum())
+            x = x[finite]
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
         self.minimum, self.maximum = min(self.minimum, lo), max(self.maximum, hi)
         amax = max(abs(lo), abs(hi))
         if amax > 0.0:
@@ -61,8 +64,13 @@ class TensorHistogram:
         if self.half_range == 0.0:  # all zeros so far: they belong to the bin right of zero
             self.counts[self.num_bins // 2] += x.size
             return
-        scale = self.num_bins / (2.0 * self.half_range)
-        index = ((x.astype(np.float64) + self.half_range) * scale).astype(np.int64)
+        # R and num_bins are powers of two, so x * scale is exact in float32 and its
+        # floor is the exact bin offset from zero: every range gives bins that fold exactly.
+        scale = np.float32(self.num_bins / (2.0 * self.half_range))
+        position = x * scale
+        np.floor(position, out=position)
+        index = position.astype(np.intp)
+        index += self.num_bins // 2
         np.clip(index, 0, self.num_bins - 1, out=index)
         self.counts += np.bincount(index, minlength=self.num_bins)
 

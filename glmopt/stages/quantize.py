@@ -40,7 +40,7 @@ class QuantizeConfig(StrictModel):
         default_factory=dict,
         description="node-name glob -> range method for the inputs of matching nodes (first match wins)",
     )
-    num_bins: int = Field(2048, ge=128, le=65536, description="histogram bins per tensor (multiple of 4)")
+    num_bins: int = Field(2048, ge=128, le=65536, description="histogram bins per tensor (a power of two)")
     num_quantized_bins: int = Field(128, ge=16, le=1024, description="target bins of the entropy search")
     percentile: float = Field(99.999, gt=50, le=100)
     per_channel: bool = True
@@ -53,8 +53,8 @@ class QuantizeConfig(StrictModel):
     @field_validator("num_bins")
     @classmethod
     def _bins(cls, value: int) -> int:
-        if value % 4:
-            raise ValueError("must be a multiple of 4")
+        if value & (value - 1):
+            raise ValueError("must be a power of two (so that ranges grow by exact doubling)")
         return value
 
 
