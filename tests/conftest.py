@@ -29,18 +29,19 @@ def text_files(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("data")
     lines = training_text(600)
-    (root / "calib.txt").write_text("\n".join(lines[:300]) + "\n")
-    (root / "eval.txt").write_text("\n".join(lines[300:]) + "\n")
+    calib, held_out = lines[:300], lines[300:]
+    (root / "calib.txt").write_text("\n".join(calib) + "\n")
+    (root / "eval.txt").write_text("\n".join(held_out) + "\n")
     rng = random.Random(0)
     with open(root / "pairs.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["text_a", "text_b", "score"])
         for i in range(60):
-            writer.writerow([lines[i], lines[i + 1], rng.random()])
+            writer.writerow([held_out[i], held_out[i + 1], rng.random()])
     with open(root / "labels.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["text", "label"])
-        for i, line in enumerate(lines[:200]):
+        for i, line in enumerate(held_out[:200]):
             label = "markets" if "markets" in line else "other"
             writer.writerow([line, label if i % 7 else ("markets" if label == "other" else "other")])
     return {p.stem: p for p in root.iterdir()}
