@@ -110,3 +110,69 @@ def now_utc() -> str:
 
 def read_manifest(version_dir: Path) -> dict:
     return json.loads((version_dir / MANIFEST).read_text())
+
+
+def list_versions(artifacts_dir: Path, name: str | None = None) -> list[dict]:
+    """Every published version (oldest first), with its status and headline metrics."""
+    if not artifacts_dir.is_dir():
+        return []
+    names = [name] if name else sorted(p.name for p in artifacts_dir.iterdir() if p.is_dir() and p.name[0] != ".")
+    rows = []
+    for n in names:
+        for version in versions_of(artifacts_dir / n):
+            folder = artifacts_dir / n / str(version)
+            try:
+                manifest = read_manifest(folder)
+            except (OSError, ValueError):
+                rows.append({"name": n, "version": version, "status": "unreadable", "path": str(folder)})
+                continue
+            metrics = {k: v for k, v in manifest.get("metrics", {}).items() if isinstance(v, int | float)}
+            rows.append(
+                {
+                    "name": n,
+                    "version": version,
+                    "status": manifest.get("status"),
+                    "created": manifest.get("created"),
+                    "metrics": metrics,
+                    "path": str(folder),
+                }
+            )
+    return rows
+
+
+def resolve_version(artifacts_dir: Path, spec: str) -> Path:
+    """NAME (newest good), NAME/latest (newest good) or NAME/VERSION -> the version folder."""
+    name, _, version = spec.partition("/")
+    name_dir = artifacts_dir / name
+    if not name or "/" in version or not name_dir.is_dir() or name.startswith("."):
+        raise InputError(f"{artifacts_dir}: no artifact named '{name}'")
+    if version in ("", "latest"):
+        good = [r["version"] for r in list_versions(artifacts_dir, name) if r["status"] == "ok"]
+        if not good:
+            raise InputError(f"{artifacts_dir}: artifact '{name}' has no version with status ok")
+        return name_dir / str(good[-1])
+    if not version.isdigit() or not (name_dir / version).is_dir():
+        raise InputError(f"{artifacts_dir}: artifact '{name}' has no version '{version}'")
+    return name_dir / version
+
+
+def verify_version(folder: Path) -> list[str]:
+    """Problems found checking every file against the manifest's sha256; empty when all match."""
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError:
+        return [f"{folder / MANIFEST}: missing"]
+    except ValueError as exc:
+        return [f"{folder / MANIFEST}: not valid JSON ({exc})"]
+    problems = []
+    for rel, entry in manifest.get("files", {}).items():
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            problems.append(f"{path}: sha256 differs from the manifest")
+    listed = set(manifest.get("files", {})) | {MANIFEST}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.relative_to(folder).as_posix() not in listed:
+            problems.append(f"{path}: not listed in the manifest")
+    return problems

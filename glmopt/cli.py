@@ -104,6 +104,74 @@ def validate(
         typer.echo(f"{recipe}: valid ({' -> '.join(stages)})")
 
 
+artifacts_app = typer.Typer(no_args_is_help=True, help="List, show and verify published artifacts.")
+app.add_typer(artifacts_app, name="artifacts")
+ARTIFACTS_OPTION = typer.Option(Path("artifacts"), "--artifacts-dir", help="the artifacts folder")
+
+
+@artifacts_app.command("list")
+def artifacts_list(
+    name: str = typer.Argument(None, help="only this artifact's versions"),
+    artifacts_dir: Path = ARTIFACTS_OPTION,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Every published version, oldest first, with status and headline metrics."""
+    from glmopt.artifacts import list_versions
+
+    rows = list_versions(artifacts_dir, name)
+    if as_json:
+        _emit_json({"artifacts": rows})
+        return
+    for r in rows:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in r.get("metrics", {}).items())
+        typer.echo(f"{r['name']}/{r['version']}  {r['status']}  {r.get('created', '')}  {metrics}")
+
+
+@artifacts_app.command("show")
+def artifacts_show(
+    spec: str = typer.Argument(..., help="NAME, NAME/latest (newest good version) or NAME/VERSION"),
+    artifacts_dir: Path = ARTIFACTS_OPTION,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A version's manifest and headline metrics."""
+    from glmopt.artifacts import read_manifest, resolve_version
+
+    try:
+        folder = resolve_version(artifacts_dir, spec)
+    except GlmoptError as exc:
+        _fail(exc, as_json)
+    manifest = read_manifest(folder)
+    if as_json:
+        _emit_json({"path": str(folder), **manifest})
+        return
+    typer.echo(f"{manifest['name']}/{manifest['version']}  status {manifest['status']}  created {manifest['created']}")
+    typer.echo(f"path: {folder}")
+    typer.echo(f"source: {manifest['source_model']['source']} (sha256 {manifest['source_model']['sha256'][:12]})")
+    for key, value in manifest.get("metrics", {}).items():
+        typer.echo(f"  {key}: {value}")
+    typer.echo(f"files: {len(manifest['files'])}, {sum(f['bytes'] for f in manifest['files'].values()) / 1e6:.1f} MB")
+
+
+@artifacts_app.command("verify")
+def artifacts_verify(
+    path: Path = typer.Argument(..., help="a version folder, e.g. artifacts/NAME/3"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Check every file's sha256 against the manifest. Exit 1 naming the first problem."""
+    from glmopt.artifacts import verify_version
+
+    problems = verify_version(path)
+    if as_json:
+        _emit_json({"path": str(path), "ok": not problems, "problems": problems})
+    if problems:
+        typer.echo(
+            f"verify failed: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""), err=True
+        )
+        raise typer.Exit(1)
+    if not as_json:
+        typer.echo(f"{path}: every file matches the manifest")
+
+
 @app.command()
 def schema() -> None:
     """Print the recipe JSON Schema (for editors and CI linters)."""

@@ -143,3 +143,26 @@ def test_encoder_build_reports_spearman_and_accuracy(tiny_models, text_files, tm
     assert code == 0, result.output
     assert -1 <= out["metrics"]["spearman"] <= 1 and 0 <= out["metrics"]["accuracy"] <= 1
     assert set(out["metrics"]["drop_pct"]) == {"spearman", "accuracy"}
+
+
+def test_artifacts_list_show_verify_and_tamper(glm_build):
+    _, _, _, root = glm_build
+    artifacts = root / "artifacts"
+    listed = runner.invoke(app, ["artifacts", "list", "--artifacts-dir", str(artifacts), "--json"])
+    rows = json.loads(listed.stdout.strip().splitlines()[-1])["artifacts"]
+    assert [(r["name"], r["status"]) for r in rows][:1] == [("tiny", "ok")]
+    assert "perplexity" in rows[0]["metrics"]
+    shown = runner.invoke(app, ["artifacts", "show", "tiny/latest", "--artifacts-dir", str(artifacts), "--json"])
+    manifest = json.loads(shown.stdout.strip().splitlines()[-1])
+    assert manifest["version"] == max(r["version"] for r in rows)
+    version_dir = artifacts / "tiny" / "1"
+    assert runner.invoke(app, ["artifacts", "verify", str(version_dir)]).exit_code == 0
+    model = version_dir / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    result = runner.invoke(app, ["artifacts", "verify", str(version_dir)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"verify failed: {model}: sha256 differs from the manifest"
+    missing = runner.invoke(app, ["artifacts", "show", "nope", "--artifacts-dir", str(artifacts)])
+    assert missing.exit_code == 2 and "no artifact named 'nope'" in missing.stderr
