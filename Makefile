@@ -30,7 +30,7 @@ demo: install
 	$(VENV)/bin/glmopt build recipes/int8.yaml
 
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=8
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not integration"

@@ -172,6 +172,33 @@ def artifacts_verify(
         typer.echo(f"{path}: every file matches the manifest")
 
 
+@artifacts_app.command("export")
+def artifacts_export(
+    spec: str = typer.Argument(..., help="NAME, NAME/latest or NAME/VERSION"),
+    dest: Path = typer.Argument(..., help="a model repository folder"),
+    fmt: str = typer.Option("triton", "--format", help="repository layout: triton"),
+    model_name: str = typer.Option(None, "--model-name", help="default: the artifact's name"),
+    artifacts_dir: Path = ARTIFACTS_OPTION,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Write a version as a serving repository (NVIDIA Triton: config.pbtxt + 1/model.onnx)."""
+    from glmopt.artifacts import resolve_version
+    from glmopt.errors import InputError
+    from glmopt.serving import export_triton
+
+    try:
+        if fmt != "triton":
+            raise InputError(f"--format: '{fmt}' is not supported; expected 'triton'")
+        folder = resolve_version(artifacts_dir, spec)
+        target = export_triton(folder, dest, model_name or spec.partition("/")[0])
+    except GlmoptError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        _emit_json({"repository": str(dest), "model": str(target), "source": str(folder)})
+    else:
+        typer.echo(str(target))
+
+
 @app.command()
 def schema() -> None:
     """Print the recipe JSON Schema (for editors and CI linters)."""

@@ -111,10 +111,10 @@ def test_missed_budget_exits_3_and_publishes_version_marked_budget_missed(tiny_m
 
 
 def test_failed_numerics_check_exits_4_and_publishes_nothing(tiny_models, text_files, tmp_path):
-    recipe = decoder_recipe(tiny_models["glm"], text_files, name="strict", export={"atol": 1e-12})
+    recipe = decoder_recipe(tiny_models["glm"], text_files, name="strict", export={"atol": 1e-12, "rtol": 0})
     code, out, result = build(write(tmp_path / "r.yaml", recipe), tmp_path / "a")
     assert code == 4, result.output
-    assert "stage 'export' failed" in out["error"] and "exceeds atol" in out["error"]
+    assert "stage 'export' failed" in out["error"] and "exceeds atol 1e-12 + rtol 0" in out["error"]
     assert not [p for p in (tmp_path / "a" / "strict").iterdir()]
 
 
@@ -166,3 +166,30 @@ def test_artifacts_list_show_verify_and_tamper(glm_build):
     assert result.stderr.strip() == f"verify failed: {model}: sha256 differs from the manifest"
     missing = runner.invoke(app, ["artifacts", "show", "nope", "--artifacts-dir", str(artifacts)])
     assert missing.exit_code == 2 and "no artifact named 'nope'" in missing.stderr
+
+
+def test_triton_export_reads_io_from_the_graph(glm_build, tmp_path):
+    _, _, _, root = glm_build
+    result = runner.invoke(
+        app,
+        [
+            "artifacts",
+            "export",
+            "tiny/2",
+            str(tmp_path / "repo"),
+            "--format",
+            "triton",
+            "--artifacts-dir",
+            str(root / "artifacts"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = (tmp_path / "repo" / "tiny" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config
+    assert 'name: "input_ids"\n    data_type: TYPE_INT64\n    dims: [ -1, -1 ]' in config
+    assert 'name: "logits"\n    data_type: TYPE_FP32\n    dims: [ -1, -1, 320 ]' in config
+    assert (tmp_path / "repo" / "tiny" / "1" / "model.onnx").is_file()
+    again = runner.invoke(
+        app, ["artifacts", "export", "tiny/2", str(tmp_path / "repo"), "--artifacts-dir", str(root / "artifacts")]
+    )
+    assert again.exit_code == 2 and "already exists" in again.stderr

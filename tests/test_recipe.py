@@ -62,7 +62,7 @@ BAD = [
     (("stages", 0, "stage"), DELETE, "stages[0].stage", "required key is missing"),
     (("stages", 0, "opset"), "latest", "stages[0].opset", "valid integer"),
     (("stages", 0, "opset"), 9, "stages[0].opset", "greater than or equal to 18"),
-    (("stages", 0, "atol"), -1, "stages[0].atol", "greater than 0"),
+    (("stages", 0, "atol"), -1, "stages[0].atol", "greater than or equal to 0"),
     (("stages", 0, "check_shape"), [2, 16], "stages[0]", "check_shape must differ"),
     (("stages", 1, "backend"), "tensorrt", "stages[1].backend", "'auto', 'onnxruntime', 'onnxscript' or 'none'"),
     (("stages", 2, "method"), "kl", "stages[2].method", "'entropy', 'minmax' or 'percentile'"),

@@ -28,7 +28,8 @@ ORT_MODEL_TYPE: dict[str, str] = {"glm": "gpt2", "glm4": "gpt2", "llama": "gpt2"
 class FuseConfig(StrictModel):
     stage: Literal["fuse"] = "fuse"
     backend: Backend = Field("auto", description="fusion engine; auto picks the faster one measured for the model type")
-    atol: float = Field(1e-3, gt=0, le=10, description="largest |fused - exported| allowed on the check inputs")
+    atol: float = Field(1e-3, ge=0, le=10, description="absolute tolerance of |fused - exported| on the check inputs")
+    rtol: float = Field(1e-3, ge=0, le=1, description="relative tolerance, as in numpy.allclose")
 
 
 def _fuse_onnxruntime(src: Path, dst: Path, model_type: str, config) -> dict[str, int]:
@@ -85,7 +86,7 @@ def run(config: FuseConfig, ctx: StageContext, model: ModelHandle) -> StageResul
     bar.update(1)
     feeds = dummy_inputs(loaded, 3, 37, seed=ctx.seed + 1)
     expected = run_session(make_session(model.onnx_path, ctx.providers), feeds)[0]
-    diff = check_numerics("fuse", out, expected, feeds, config.atol, ctx.providers)
+    diff = check_numerics("fuse", out, expected, feeds, config.atol, config.rtol, ctx.providers)
     bar.update(1)
     bar.close()
     after = len(onnx.load(str(out), load_external_data=False).graph.node)
