@@ -32,17 +32,24 @@ CALIBRATION = {
 }
 
 
-def batches_for(model_path: Path, builtin: str, samples: int | None):
+def batches_for(builtin: str, samples: int | None):
+    """Calibration inputs, from the tokenizer alone (loading the PyTorch model would inflate peak RSS)."""
+    from transformers import AutoTokenizer
+
     from glmopt.calibrate.dataset import calibration_batches, load_calibration_file
-    from glmopt.models import load_model
+    from glmopt.models import ARCHITECTURES, read_model_type
     from glmopt.models.builtin import resolve_builtin
 
-    loaded = load_model(resolve_builtin(builtin))
+    folder = resolve_builtin(builtin)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    arch = ARCHITECTURES[read_model_type(folder)]
     cal = load_calibration_file(REPO_ROOT / CALIBRATION[builtin])
     if samples:
         cal = cal.model_copy(update={"num_samples": samples})
-    batches, _ = calibration_batches(cal, loaded.tokenizer, loaded.arch.input_names, REPO_ROOT, "bench")
-    return loaded, batches
+    batches, _ = calibration_batches(cal, tokenizer, arch.input_names, REPO_ROOT, "bench")
+    return batches
 
 
 def calibrated_tensors(model_path: Path) -> tuple[list, list[str]]:
@@ -59,7 +66,7 @@ def worker(method: str, builtin: str, model_path: Path, samples: int | None, out
     """Runs one method in this process and writes its seconds, ranges and peak RSS as JSON."""
     from glmopt.onnx_utils import make_session, run_session
 
-    loaded, batches = batches_for(model_path, builtin, samples)
+    batches = batches_for(builtin, samples)
     nodes, tensors = calibrated_tensors(model_path)
     ranges: dict[str, list[float]] = {}
     start = time.perf_counter()

@@ -143,6 +143,7 @@ def test_encoder_build_reports_spearman_and_accuracy(tiny_models, text_files, tm
     assert code == 0, result.output
     assert -1 <= out["metrics"]["spearman"] <= 1 and 0 <= out["metrics"]["accuracy"] <= 1
     assert set(out["metrics"]["drop_pct"]) == {"spearman", "accuracy"}
+    validate_report(tmp_path / "tiny-bert" / "1" / "report.json")
 
 
 def test_artifacts_list_show_verify_and_tamper(glm_build):
@@ -193,3 +194,24 @@ def test_triton_export_reads_io_from_the_graph(glm_build, tmp_path):
         app, ["artifacts", "export", "tiny/2", str(tmp_path / "repo"), "--artifacts-dir", str(root / "artifacts")]
     )
     assert again.exit_code == 2 and "already exists" in again.stderr
+
+
+def validate_report(path):
+    import jsonschema
+    from conftest import REPO
+
+    schema = json.loads((REPO / "glmopt" / "report" / "report.schema.json").read_text())
+    jsonschema.validate(json.loads(path.read_text()), schema)
+
+
+def test_reports_validate_against_the_committed_schema(glm_build, tmp_path):
+    import jsonschema
+
+    _, _, _, root = glm_build
+    for report in (root / "artifacts").rglob("report.json"):
+        validate_report(report)
+    broken = json.loads((root / "artifacts" / "tiny" / "2" / "report.json").read_text())
+    broken["evaluation"]["models"]["quantize"]["size_bytes"] = "big"
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(jsonschema.ValidationError):
+        validate_report(tmp_path / "broken.json")

@@ -63,3 +63,42 @@ def test_prune_recipe_shrinks_the_model(tmp_path):
     assert prune["intermediate_size"] == 1344
     config = json.loads((tmp_path / "smollm2-glm-prune-int8" / "1" / "config.json").read_text())
     assert config["intermediate_size"] == 1344
+
+
+def test_entropy_thresholds_match_onnxruntime_on_minilm_activations(tmp_path):
+    """Same histograms of a real model's activations, same 2048 bins: our KL search vs ONNX Runtime's."""
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from glmopt.calibrate.collect import activation_inputs, collect_histograms, select_nodes
+    from glmopt.calibrate.dataset import calibration_batches, load_calibration_file
+    from glmopt.calibrate.histogram import entropy_range
+    from glmopt.models import load_model
+    from glmopt.models.builtin import resolve_builtin
+    from glmopt.pipeline import progress_factory
+    from glmopt.stages.base import ModelHandle, StageContext
+    from glmopt.stages.export import ExportConfig
+    from glmopt.stages.export import run as export
+
+    loaded = load_model(resolve_builtin("all-minilm-l6-v2"))
+    ctx = StageContext(tmp_path, tmp_path, loaded, [], ["CPUExecutionProvider"], 0, progress_factory(False))
+    path = export(ExportConfig(), ctx, ModelHandle("torch", "reference", torch=loaded)).model.onnx_path
+    cal = load_calibration_file(REPO / "calibration" / "wikipedia-docs-128.yaml").model_copy(update={"num_samples": 24})
+    batches, _ = calibration_batches(cal, loaded.tokenizer, loaded.arch.input_names, REPO, "test")
+    proto = onnx.load(str(path), load_external_data=False)
+    tensors = activation_inputs(proto, select_nodes(proto, ["MatMul", "Gather"], None, [], True))
+    hists = collect_histograms(path, tensors, batches, 2048, ["CPUExecutionProvider"], tmp_path)
+    collector = HistogramCollector("entropy", False, 2048, 128, None, None)
+    exact, close = 0, 0
+    for hist in hists.values():
+        width = 2 * hist.half_range / hist.num_bins
+        ours = entropy_range(hist)
+        lo, hi = collector.get_entropy_threshold(
+            (hist.counts, hist.edges.astype(np.float32), np.float32(hist.minimum), np.float32(hist.maximum)), 128
+        )
+        exact += ours == (pytest.approx(float(lo)), pytest.approx(float(hi)))
+        close += abs(ours[0] - float(lo)) <= 4 * width and abs(ours[1] - float(hi)) <= 4 * width
+    assert len(hists) >= 30
+    assert exact >= 0.8 * len(hists)  # identical thresholds for most tensors
+    assert close == len(hists)  # and every threshold within a few bins (flat KL minima may tie differently)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from glmopt.calibrate.histogram import TensorHistogram
-from glmopt.onnx_utils import EXTERNAL_DATA_THRESHOLD, make_session
+from glmopt.onnx_utils import make_session
 
 FLOAT_TYPES = {1, 10, 16}  # FLOAT, FLOAT16, BFLOAT16
 
@@ -70,17 +70,24 @@ def activation_inputs(model, nodes: list) -> list[str]:
 
 
 def augmented_model_path(model_path: Path, tensors: list[str], work_dir: Path) -> Path:
-    """A copy of the model that also outputs `tensors`."""
-    import onnx
+    """A copy of the model that also outputs `tensors`.
 
-    model = onnx.load(str(model_path))
+    A model with external data gets only a new graph file beside its data file (the weights are
+    neither loaded nor copied); a model with inline weights is copied into `work_dir`.
+    """
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(model_path), load_external_data=False)
     outputs = {o.name for o in model.graph.output}
     for name in tensors:
         if name not in outputs:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    path = work_dir / "augmented.onnx"
-    large = sum(i.ByteSize() for i in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
-    onnx.save_model(model, str(path), save_as_external_data=large, location="augmented.onnx.data")
+    if any(uses_external_data(i) for i in model.graph.initializer):
+        path = model_path.with_name(f".{model_path.stem}.calibration.onnx")
+    else:
+        path = work_dir / "augmented.onnx"
+    onnx.save_model(model, str(path))
     return path
 
 
@@ -97,6 +104,7 @@ def collect_histograms(
     hists = {name: TensorHistogram(num_bins) for name in tensors}
     scratch = work_dir / "calibration-model"
     scratch.mkdir(parents=True, exist_ok=True)
+    path = None
     try:
         path = augmented_model_path(model_path, tensors, scratch)
         session = make_session(path, providers)
@@ -110,6 +118,8 @@ def collect_histograms(
         del session
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if path is not None and path.parent != scratch:
+            path.unlink(missing_ok=True)
     return hists
 
 
