@@ -199,6 +199,32 @@ def artifacts_export(
         typer.echo(str(target))
 
 
+report_app = typer.Typer(no_args_is_help=True, help="Read and compare build reports.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("compare")
+def report_compare(
+    a: str = typer.Argument(..., help="a version folder, or NAME/VERSION under --artifacts-dir"),
+    b: str = typer.Argument(..., help="a version folder, or NAME/VERSION under --artifacts-dir"),
+    artifacts_dir: Path = ARTIFACTS_OPTION,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """What changed between two builds: metrics, sizes, latencies, exclusions, recipe settings."""
+    from glmopt.artifacts import resolve_version
+    from glmopt.report.compare import compare, render_text
+
+    try:
+        folders = [Path(x) if Path(x).is_dir() else resolve_version(artifacts_dir, x) for x in (a, b)]
+        diff = compare(*folders)
+    except GlmoptError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        _emit_json(diff)
+    else:
+        typer.echo(render_text(diff))
+
+
 @app.command()
 def schema() -> None:
     """Print the recipe JSON Schema (for editors and CI linters)."""

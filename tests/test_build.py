@@ -215,3 +215,22 @@ def test_reports_validate_against_the_committed_schema(glm_build, tmp_path):
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     with pytest.raises(jsonschema.ValidationError):
         validate_report(tmp_path / "broken.json")
+
+
+def test_report_compare_shows_metric_and_recipe_changes(glm_build, tiny_models, text_files, tmp_path):
+    _, _, _, root = glm_build
+    artifacts = root / "artifacts"
+    recipe = decoder_recipe(tiny_models["glm"], text_files, quantize={"method": "minmax"})
+    code, out, result = build(write(tmp_path / "r.yaml", recipe), artifacts)
+    assert code == 0, result.output
+    version = out["version"]
+    shown = runner.invoke(
+        app, ["report", "compare", "tiny/1", f"tiny/{version}", "--artifacts-dir", str(artifacts), "--json"]
+    )
+    assert shown.exit_code == 0, shown.output
+    diff = json.loads(shown.stdout.strip().splitlines()[-1])
+    assert diff["recipe_changes"]["stages[quantize].method"] == {"a": "entropy", "b": "minmax"}, diff["recipe_changes"]
+    ppl = diff["metrics"]["perplexity"]
+    assert ppl["change"] == pytest.approx(ppl["b"] - ppl["a"])
+    text = runner.invoke(app, ["report", "compare", "tiny/1", f"tiny/{version}", "--artifacts-dir", str(artifacts)])
+    assert "stages[quantize].method: 'entropy' -> 'minmax'" in text.stdout
