@@ -23,7 +23,6 @@ from glmopt.recipe import LoadedRecipe, check_task_metrics, load_recipe
 from glmopt.report import write_reports
 from glmopt.stages import STAGES, ModelHandle, StageContext
 from glmopt.stages.evaluate import TASK_COLUMNS, EvaluateConfig
-from glmopt.stages.quantize import QuantizeConfig
 
 
 @dataclass
@@ -83,7 +82,7 @@ def _preflight(loaded: LoadedRecipe, model_type: str) -> str:
     evaluation_texts: dict[str, set[str]] = {}
     for i, stage in enumerate(recipe.stages):
         where = f"{loaded.path}: stages[{i}]"
-        if isinstance(stage, QuantizeConfig):
+        if getattr(stage, "calibration", None) is not None:  # quantize, and prune ranked by activations
             cal, cal_base, cal_where = stage.calibration, loaded.base_dir, f"{where}.calibration"
             if isinstance(cal, str):
                 cal_path = (loaded.base_dir / cal).resolve()
@@ -91,7 +90,7 @@ def _preflight(loaded: LoadedRecipe, model_type: str) -> str:
                     raise InputError(f"{cal_where}: file {cal_path} does not exist")
                 cal, cal_base, cal_where = load_calibration_file(cal_path), cal_path.parent, str(cal_path)
             rows = load_rows(cal.data, cal_base, ("text",), f"{cal_where}: data")
-            calibration_texts = {r["text"] for r in rows}
+            calibration_texts |= {r["text"] for r in rows}
         if isinstance(stage, EvaluateConfig):
             for j, task_config in enumerate(stage.tasks):
                 columns = TASK_COLUMNS[task_config.metric]

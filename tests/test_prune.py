@@ -38,7 +38,7 @@ def test_magnitude_pruning_reaches_target_and_is_permanent(tiny_models, scope):
 
 @pytest.mark.parametrize("kind", ["glm", "glm4", "llama", "bert"])
 def test_structured_mlp_pruning_shrinks_and_reloads(tiny_models, kind):
-    original, result = run_prune(tiny_models[kind], method="structured", mlp_fraction=0.25)
+    original, result = run_prune(tiny_models[kind], method="structured", mlp_fraction=0.25, ranking="weight")
     pruned = result.model.loaded
     size = original.model.config.intermediate_size
     assert pruned.model.config.intermediate_size == size - size // 4
@@ -50,7 +50,7 @@ def test_structured_mlp_pruning_shrinks_and_reloads(tiny_models, kind):
 
 @pytest.mark.parametrize("kind", ["glm", "llama"])
 def test_kv_group_pruning_removes_whole_groups(tiny_models, kind):
-    original, result = run_prune(tiny_models[kind], method="structured", kv_group_fraction=0.5)
+    original, result = run_prune(tiny_models[kind], method="structured", kv_group_fraction=0.5, ranking="weight")
     cfg = result.model.loaded.model.config
     assert cfg.num_key_value_heads == 1 and cfg.num_attention_heads == 2
     assert result.details["parameters_after"] < count_parameters(original.model)
@@ -84,4 +84,36 @@ def test_prune_config_rejects_mismatched_settings():
     with pytest.raises(ValidationError, match="magnitude pruning needs 'sparsity' > 0"):
         PruneConfig(method="magnitude")
     with pytest.raises(ValidationError, match="'sparsity' applies to method 'magnitude'"):
-        PruneConfig(method="structured", mlp_fraction=0.1, sparsity=0.2)
+        PruneConfig(method="structured", mlp_fraction=0.1, sparsity=0.2, ranking="weight")
+    with pytest.raises(ValidationError, match="ranking 'activation' needs 'calibration'"):
+        PruneConfig(method="structured", mlp_fraction=0.1)
+
+
+@pytest.mark.parametrize("kind", ["glm", "llama"])
+def test_activation_ranking_drops_neurons_that_never_fire(tiny_models, text_files, kind):
+    """A neuron whose output weights are large but whose activation is always zero carries nothing:
+    weight ranking keeps it, activation ranking removes it."""
+    import torch
+
+    loaded = load_model(tiny_models[kind])
+    size = loaded.model.config.intermediate_size
+    dead = list(range(8))
+    with torch.no_grad():
+        for block in loaded.arch.mlp_blocks(loaded.model):
+            block.output.weight[:, dead] *= 50.0  # loud weights...
+            lin, chunks = block.inputs[-1]  # ...behind an up projection that outputs zero
+            for c in range(chunks):
+                lin.weight[[c * size + d for d in dead if chunks == 1 or c == 1]] = 0.0
+    from glmopt.calibrate.dataset import CalibrationSet, calibration_batches
+    from glmopt.data import DataSource
+    from glmopt.stages.prune import input_norms, prune_mlp
+
+    cal = CalibrationSet(data=DataSource(files=[str(text_files["calib"])]), num_samples=4, sequence_length=32)
+    batches, _ = calibration_batches(cal, loaded.tokenizer, loaded.arch.input_names, text_files["calib"].parent, "t")
+    blocks = loaded.arch.mlp_blocks(loaded.model)
+    norms = input_norms(loaded, batches, [b.output for b in blocks])
+    assert all(float(norms[id(b.output)][dead].max()) == 0.0 for b in blocks)
+    feeds = dummy_inputs(loaded, 1, 9)
+    before = torch_outputs(loaded, feeds)
+    prune_mlp(loaded, len(dead) / size, norms)
+    assert np.abs(torch_outputs(loaded, feeds) - before).max() < 1e-4  # exactly the silent neurons went

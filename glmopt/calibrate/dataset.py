@@ -40,6 +40,14 @@ def load_calibration_file(path: Path) -> CalibrationSet:
         raise RecipeError(str(path), field, message) from None
 
 
+def resolve_calibration(calibration: str | CalibrationSet, base_dir: Path) -> tuple[CalibrationSet, Path]:
+    """The calibration set and the folder its relative paths resolve from (its own file's, if it has one)."""
+    if isinstance(calibration, CalibrationSet):
+        return calibration, base_dir
+    path = (base_dir / calibration).resolve()
+    return load_calibration_file(path), path.parent
+
+
 def _windows(texts: list[str], tokenizer, cal: CalibrationSet, where: str) -> list[list[int]]:
     needed = cal.num_samples * cal.sequence_length
     separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

@@ -3,8 +3,12 @@
 - magnitude: zero the smallest weights of every Linear in the transformer blocks to a target sparsity
   (permanent: the zeros are written into the weights, no masks or hooks remain).
 - structured: remove whole MLP neurons and whole attention KV groups (a KV head and the query heads
-  sharing it), ranked by weight norm, so matrices really shrink; the config is updated so the model
-  saves, reloads and exports at its new size.
+  sharing it), so matrices really shrink; the config is updated so the model saves, reloads and
+  exports at its new size. Ranking `activation` (the default) scores a neuron by the L2 norm of its
+  activation over calibration samples times the norm of its output weights; ranking `weight` by
+  weight norms alone. Weight norms mislead on real LMs: on the demo model, removing the 6% of MLP
+  neurons with the lowest weight norm took perplexity from 32 to 6677 (random neurons: 58), while
+  the activation-aware ranking gave 40.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from glmopt.calibrate.dataset import CalibrationSet, calibration_batches, resolve_calibration
 from glmopt.errors import StageError
 from glmopt.models import LoadedModel
 from glmopt.schema import StrictModel
@@ -27,6 +32,10 @@ class PruneConfig(StrictModel):
     scope: Literal["layer", "global"] = Field("layer", description="magnitude: threshold per matrix or one overall")
     mlp_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="structured: fraction of MLP neurons removed")
     kv_group_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="structured: fraction of KV groups removed")
+    ranking: Literal["activation", "weight"] = Field("activation", description="structured: how neurons are scored")
+    calibration: str | CalibrationSet | None = Field(
+        None, description="structured with ranking activation: calibration set file or inline definition"
+    )
 
     @model_validator(mode="after")
     def _settings_match_method(self) -> PruneConfig:
@@ -40,6 +49,10 @@ class PruneConfig(StrictModel):
                 raise ValueError("structured pruning needs 'mlp_fraction' or 'kv_group_fraction' > 0")
             if self.sparsity:
                 raise ValueError("'sparsity' applies to method 'magnitude'")
+            if self.ranking == "activation" and self.calibration is None:
+                raise ValueError(
+                    "ranking 'activation' needs 'calibration' (a calibration set); or use ranking 'weight'"
+                )
         return self
 
 
@@ -109,8 +122,29 @@ def _replace_module(root, old, new) -> None:
     raise StageError("prune", "could not locate a projection to replace")
 
 
-def prune_mlp(loaded: LoadedModel, fraction: float) -> int:
-    """Remove the same number of lowest-norm neurons from every MLP block; returns neurons kept."""
+def input_norms(loaded: LoadedModel, batches: list[dict], linears: list) -> dict[int, object]:
+    """L2 norm of each input feature of `linears` over all calibration tokens (keyed by id(linear))."""
+    import torch
+
+    sums = {id(lin): torch.zeros(lin.in_features, dtype=torch.float64) for lin in linears}
+
+    def accumulate(module, args):
+        x = args[0].detach()
+        sums[id(module)].add_(x.double().pow(2).reshape(-1, x.shape[-1]).sum(dim=0))
+
+    hooks = [lin.register_forward_pre_hook(accumulate) for lin in linears]
+    try:
+        with torch.inference_mode():
+            for feeds in batches:
+                loaded.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {key: value.sqrt() for key, value in sums.items()}
+
+
+def prune_mlp(loaded: LoadedModel, fraction: float, norms: dict | None = None) -> int:
+    """Remove the same number of lowest-scoring neurons from every MLP block; returns neurons kept."""
     import torch
 
     model = loaded.model
@@ -118,10 +152,14 @@ def prune_mlp(loaded: LoadedModel, fraction: float) -> int:
     size = blocks[0].output.in_features
     keep_n = max(1, size - int(round(fraction * size)))
     for block in blocks:
-        score = block.output.weight.detach().norm(dim=0) ** 2
-        for lin, chunks in block.inputs:
-            rows = lin.weight.detach().view(chunks, size, -1)
-            score = score + (rows**2).sum(dim=(0, 2))
+        out_norm = block.output.weight.detach().double().norm(dim=0)
+        if norms is not None:
+            score = norms[id(block.output)] * out_norm
+        else:
+            score = out_norm**2
+            for lin, chunks in block.inputs:
+                rows = lin.weight.detach().double().view(chunks, size, -1)
+                score = score + (rows**2).sum(dim=(0, 2))
         keep = torch.sort(torch.topk(score, keep_n).indices).values
         for lin, chunks in block.inputs:
             rows = torch.cat([keep + c * size for c in range(chunks)])
@@ -131,8 +169,8 @@ def prune_mlp(loaded: LoadedModel, fraction: float) -> int:
     return keep_n
 
 
-def prune_kv_groups(loaded: LoadedModel, fraction: float) -> tuple[int, int]:
-    """Remove the same number of lowest-norm KV groups from every attention block; returns (heads, kv heads)."""
+def prune_kv_groups(loaded: LoadedModel, fraction: float, norms: dict | None = None) -> tuple[int, int]:
+    """Remove the same number of lowest-scoring KV groups from every attention block; returns (heads, kv heads)."""
     import torch
 
     model = loaded.model
@@ -145,11 +183,15 @@ def prune_kv_groups(loaded: LoadedModel, fraction: float) -> tuple[int, int]:
     if keep_n == groups:
         return first.num_heads, groups
     for att in blocks:
-        score = torch.zeros(groups)
-        score += (att.k.weight.detach().view(groups, -1) ** 2).sum(1)
-        score += (att.v.weight.detach().view(groups, -1) ** 2).sum(1)
-        score += (att.q.weight.detach().view(groups, -1) ** 2).sum(1)
-        score += (att.o.weight.detach().view(-1, groups, per_group * hd) ** 2).sum(dim=(0, 2))
+        if norms is not None:  # what each group's heads contribute through o_proj on real text
+            contribution = norms[id(att.o)] * att.o.weight.detach().double().norm(dim=0)
+            score = contribution.view(groups, per_group * hd).sum(1)
+        else:
+            score = torch.zeros(groups, dtype=torch.float64)
+            score += (att.k.weight.detach().double().view(groups, -1) ** 2).sum(1)
+            score += (att.v.weight.detach().double().view(groups, -1) ** 2).sum(1)
+            score += (att.q.weight.detach().double().view(groups, -1) ** 2).sum(1)
+            score += (att.o.weight.detach().double().view(-1, groups, per_group * hd) ** 2).sum(dim=(0, 2))
         keep = torch.sort(torch.topk(score, keep_n).indices).values
         kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in keep.tolist()])
         q_rows = torch.cat([torch.arange(g * per_group * hd, (g + 1) * per_group * hd) for g in keep.tolist()])
@@ -193,10 +235,22 @@ def run(config: PruneConfig, ctx: StageContext, model: ModelHandle) -> StageResu
         magnitude_prune(pruned, config.sparsity, config.scope)
         details.update(target_sparsity=config.sparsity, scope=config.scope)
     else:
+        norms = None
+        if config.ranking == "activation":
+            cal, cal_base = resolve_calibration(config.calibration, ctx.base_dir)
+            batches, cal_info = calibration_batches(
+                cal, source.tokenizer, source.arch.input_names, cal_base, "prune.calibration"
+            )
+            targets = [b.output for b in pruned.arch.mlp_blocks(pruned.model)]
+            if pruned.arch.attention_blocks is not None:
+                targets += [a.o for a in pruned.arch.attention_blocks(pruned.model)]
+            norms = input_norms(pruned, batches, targets)
+            details["calibration"] = cal_info
+        details["ranking"] = config.ranking
         if config.mlp_fraction:
-            details["intermediate_size"] = prune_mlp(pruned, config.mlp_fraction)
+            details["intermediate_size"] = prune_mlp(pruned, config.mlp_fraction, norms)
         if config.kv_group_fraction:
-            heads, kv = prune_kv_groups(pruned, config.kv_group_fraction)
+            heads, kv = prune_kv_groups(pruned, config.kv_group_fraction, norms)
             details.update(num_attention_heads=heads, num_key_value_heads=kv)
     bar.update(1)
     bar.close()

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from glmopt.calibrate.collect import activation_inputs, collect_histograms, matches, select_nodes
-from glmopt.calibrate.dataset import CalibrationSet, calibration_batches, load_calibration_file
+from glmopt.calibrate.dataset import CalibrationSet, calibration_batches, resolve_calibration
 from glmopt.calibrate.histogram import entropy_range, minmax_range, percentile_range
 from glmopt.errors import StageError
 from glmopt.fileutil import write_json
@@ -75,14 +75,6 @@ def tensor_methods(nodes: list, tensors: list[str], config: QuantizeConfig) -> d
                     if name in methods:
                         methods[name] = method
     return methods
-
-
-def resolve_calibration(config: QuantizeConfig, base_dir: Path) -> tuple[CalibrationSet, Path]:
-    """The calibration set and the folder its relative paths resolve from (its own file's, if it has one)."""
-    if isinstance(config.calibration, CalibrationSet):
-        return config.calibration, base_dir
-    path = (base_dir / config.calibration).resolve()
-    return load_calibration_file(path), path.parent
 
 
 def quantize_with_ranges(
@@ -143,7 +135,7 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         timings[name] = round(now - clock, 2)
         clock = now
 
-    cal, cal_base = resolve_calibration(config, ctx.base_dir)
+    cal, cal_base = resolve_calibration(config.calibration, ctx.base_dir)
     batches, cal_info = calibration_batches(cal, loaded.tokenizer, loaded.arch.input_names, cal_base, where)
 
     proto = onnx.load(str(model.onnx_path), load_external_data=False)
