@@ -53,9 +53,31 @@ def main() -> None:
         print(f"  {stage['name']:<10} {stage['seconds']:8.1f} s")
     print(f"total wall time: {wall:.1f} s  (goal {GOAL_SECONDS:.0f} s: {wall / GOAL_SECONDS:.2f}x of the goal)")
     print(f"peak RSS: {peak_gb:.2f} GB")
-    metrics = out.get("metrics", {})
-    print("final metrics:", json.dumps({k: v for k, v in metrics.items() if k not in ("drop_pct",)}, default=str))
-    print("drop vs reference (%):", json.dumps(metrics.get("drop_pct", {})))
+    if out.get("artifact"):
+        sys.path.insert(0, str(REPO / "bench"))
+        from common import table
+
+        report = json.loads((Path(out["artifact"]) / "report.json").read_text())
+        models = report["evaluation"]["models"]
+        fp32 = models.get("export", {}).get("size_bytes")
+        rows = []
+        for name, m in models.items():
+            for metric, v in m["metrics"].items():
+                rows.append(
+                    [
+                        name,
+                        m["format"],
+                        m["size_bytes"] / 1e6,
+                        m["size_bytes"] / fp32 if fp32 else "",
+                        m["latency"]["median_ms"],
+                        metric,
+                        v["value"],
+                        m["drop_pct"][metric],
+                    ]
+                )
+        print(table(["model", "format", "size MB", "x FP32 ONNX", "latency ms", "metric", "value", "drop %"], rows))
+        lat = next(iter(models.values()))["latency"]
+        print(f"latency: median of {lat['runs']} runs, batch x sequence {lat['shape']}, runtime-default threads")
     shutil.rmtree(artifacts, ignore_errors=True)
 
 
