@@ -260,6 +260,11 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
         "source_model": record["model"],
         "recipe": record["recipe"],
         "tools": record["tools"],
+        "host": record["host"],
+        "data": {
+            "calibration": {e["name"]: e["details"]["calibration"] for e in stage_log if "calibration" in e["details"]},
+            "evaluation": evaluation["data"] if evaluation else {},
+        },
         "metrics": final_metrics,
         "stages": [{"name": s["name"], "seconds": s["seconds"], "status": s["status"]} for s in stage_log],
     }

@@ -53,6 +53,9 @@ def test_build_publishes_version_with_model_report_and_manifest(glm_build):
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert {"torch", "onnxruntime", "transformers", "glmopt"} <= set(manifest["tools"])
     assert len(manifest["recipe"]["sha256"]) == 64 and len(manifest["source_model"]["sha256"]) == 64
+    assert len(manifest["data"]["calibration"]["quantize"]["text_sha256"]) == 64
+    assert len(manifest["data"]["evaluation"]["perplexity"]["sha256"]) == 64
+    assert manifest["host"]["providers"] == ["CPUExecutionProvider"] and manifest["host"]["cpus"] >= 1
 
 
 def test_report_has_a_row_per_stage_with_drop_against_reference(glm_build):
