@@ -191,7 +191,7 @@ def main() -> None:
                 f"{builtin}: glmopt is {o['seconds'] / g['seconds']:.1f}x faster than ONNX Runtime's entropy "
                 f"calibration; {same}/{len(g['ranges'])} ranges agree within 2%"
             )
-    headers = ["model", "method", "samples", "seconds", "x fp32", "peak RSS GB", "RSS - model GB", "INT8 metric"]
+    headers = ["model", "method", "batches", "seconds", "x fp32", "peak RSS GB", "RSS - model GB", "INT8 metric"]
     print(table(headers, rows))
     print("metric: perplexity on 4096 news tokens (lower is better) / Lee Spearman (higher is better)")
 
