@@ -26,15 +26,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_tree(root: Path) -> str:
-    """One hash for a folder: every file's relative path and content, in sorted order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(sha256_file(path).encode())
-    return digest.hexdigest()
-
-
 def tree_size(root: Path) -> int:
     if root.is_file():
         return root.stat().st_size

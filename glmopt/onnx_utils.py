@@ -39,8 +39,8 @@ def save_model(model, path: Path) -> None:
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_bytesize(model) else True
-    if large:
+    # Sum the weights rather than ModelProto.ByteSize(), which protobuf refuses past 2 GB.
+    if sum(len(i.raw_data) for i in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD:
         onnx.save_model(
             model,
             str(path),
@@ -51,14 +51,6 @@ def save_model(model, path: Path) -> None:
         )
     else:
         onnx.save_model(model, str(path))
-
-
-def _fits_bytesize(model) -> bool:
-    try:
-        model.ByteSize()
-        return True
-    except Exception:  # protobuf refuses to size messages over 2 GB
-        return False
 
 
 def model_files(path: Path) -> list[Path]:

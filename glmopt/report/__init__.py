@@ -18,6 +18,7 @@ def stage_table(record: dict) -> list[dict]:
     evaluation = record.get("evaluation") or {}
     results = evaluation.get("models", {})
     seconds = {s["name"]: s["seconds"] for s in record["stages"]}
+    sizes = {s["name"]: s.get("size_bytes") for s in record["stages"]}
     rows = []
     for name in MODEL_ROWS:
         if name != "reference" and name not in seconds:
@@ -27,7 +28,7 @@ def stage_table(record: dict) -> list[dict]:
             {
                 "stage": name,
                 "seconds": seconds.get(name, record.get("load_seconds")),
-                "size_bytes": result.get("size_bytes", record.get("sizes", {}).get(name)),
+                "size_bytes": result.get("size_bytes", sizes.get(name)),
                 "latency_ms": (result.get("latency") or {}).get("median_ms"),
                 "metrics": {m: v["value"] for m, v in result.get("metrics", {}).items()},
                 "drop_pct": result.get("drop_pct", {}),
