@@ -34,13 +34,20 @@ def make_session(path: Path, providers: list[str], threads: int = 0, optimize: b
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
+def needs_external_data(model) -> bool:
+    """Whether a ModelProto's weights are too big for one protobuf file.
+
+    Sums the weight bytes rather than calling ModelProto.ByteSize(), which protobuf refuses past 2 GB.
+    """
+    return sum(len(i.raw_data) for i in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+
+
 def save_model(model, path: Path) -> None:
     """Save an onnx.ModelProto; weights go to `<name>.data` beside it when the model is too big for one file."""
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Sum the weights rather than ModelProto.ByteSize(), which protobuf refuses past 2 GB.
-    if sum(len(i.raw_data) for i in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD:
+    if needs_external_data(model):
         onnx.save_model(
             model,
             str(path),

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from glmopt.errors import StageError
 from glmopt.models import LoadedModel
-from glmopt.onnx_utils import EXTERNAL_DATA_THRESHOLD, make_session, model_size, run_session
+from glmopt.onnx_utils import EXTERNAL_DATA_THRESHOLD, make_session, model_size, needs_external_data, run_session
 from glmopt.schema import StrictModel
 from glmopt.stages.base import ModelHandle, StageContext, StageResult
 
@@ -196,7 +196,7 @@ def run(config: ExportConfig, ctx: StageContext, model: ModelHandle) -> StageRes
     bar.update(1)
     proto = program.model_proto
     name_nodes_by_module(proto)
-    external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    external = needs_external_data(proto)
     onnx.save_model(proto, str(raw), save_as_external_data=external, location=raw.name + ".data")
     del program, proto
     fold_constants(raw, out)
