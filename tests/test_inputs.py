@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from glmopt.cli import app
@@ -50,23 +51,22 @@ def test_column_mapping_is_honoured(tiny_models, text_files, tmp_path):
     assert rows == [{"text": "hello world"}, {"text": "second row"}]
 
 
-def test_too_short_calibration_data(tiny_models, text_files, tmp_path):
-    (tmp_path / "short.txt").write_text("only a few words here\n")
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("short.txt", "only a few words here\n", ["tokens; 8 samples x 32 tokens need 256"]),
+        ("empty.txt", "", ["empty.txt", "stages[2].calibration: data"]),
+    ],
+    ids=["too-short", "empty"],
+)
+def test_unusable_calibration_data(name, text, expected, tiny_models, text_files, tmp_path):
+    (tmp_path / name).write_text(text)
     recipe = decoder_recipe(tiny_models["glm"], text_files)
-    recipe["stages"][2]["calibration"]["data"] = {"files": ["short.txt"]}
+    recipe["stages"][2]["calibration"]["data"] = {"files": [name]}
     code, out, _ = build(write(tmp_path / "r.yaml", recipe), tmp_path / "a")
     assert code == 2
-    assert "tokens; 8 samples x 32 tokens need 256" in out["error"]
+    assert all(words in out["error"] for words in expected), out["error"]
     assert_nothing_published(tmp_path / "a")
-
-
-def test_empty_calibration_file(tiny_models, text_files, tmp_path):
-    (tmp_path / "empty.txt").write_text("")
-    recipe = decoder_recipe(tiny_models["glm"], text_files)
-    recipe["stages"][2]["calibration"]["data"] = {"files": ["empty.txt"]}
-    code, out, _ = build(write(tmp_path / "r.yaml", recipe), tmp_path / "a")
-    assert code == 2
-    assert "empty.txt" in out["error"] and "stages[2].calibration: data" in out["error"]
 
 
 def test_calibration_and_evaluation_must_be_disjoint(tiny_models, text_files, tmp_path):
