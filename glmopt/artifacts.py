@@ -37,8 +37,20 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name where the OS tells it (Linux /proc/cpuinfo), else the platform's word."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def host_info() -> dict:
     return {
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor(),

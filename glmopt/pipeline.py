@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -15,14 +16,16 @@ from glmopt.artifacts import host_info, now_utc, start_version, tool_versions
 from glmopt.calibrate.dataset import load_calibration_file
 from glmopt.data import load_rows
 from glmopt.errors import GateFailed, GlmoptError, InputError, PublishError, StageError
-from glmopt.fileutil import sha256_bytes, sha256_file
+from glmopt.fileutil import sha256_bytes, sha256_file, write_json
 from glmopt.models import ARCHITECTURES, SERVING_FILES, load_model, read_model_type
 from glmopt.models.builtin import BUILTIN_MODELS, resolve_builtin
 from glmopt.onnx_utils import default_providers, model_files, model_size
 from glmopt.recipe import LoadedRecipe, check_task_metrics, load_recipe
 from glmopt.report import write_reports
 from glmopt.stages import STAGES, ModelHandle, StageContext
-from glmopt.stages.evaluate import TASK_COLUMNS, EvaluateConfig
+from glmopt.stages.evaluate import TASK_COLUMNS, EvaluateConfig, Evaluator
+from glmopt.stages.quantize import QuantizeState
+from glmopt.tuning import fallback_search, glob_literal, metric_effects
 
 
 @dataclass
@@ -145,6 +148,22 @@ def build(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _guarded(name: str, call):
+    """Run one step of the build; an unexpected error becomes a one-line StageError naming the step."""
+    try:
+        return call()
+    except GlmoptError:
+        raise
+    except MemoryError:
+        raise StageError(name, "out of memory") from None
+    except OSError as exc:
+        raise StageError(name, f"I/O error: {exc.strerror or exc} ({exc.filename or ''})") from None
+    except Exception as exc:
+        if os.environ.get("GLMOPT_DEBUG"):
+            traceback.print_exc()
+        raise StageError(name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
 def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, providers) -> BuildOutcome:
     recipe = loaded.recipe
     t0 = time.perf_counter()
@@ -154,6 +173,7 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
     history = [current]
     records: dict[str, dict] = {}
     stage_log: list[dict] = []
+    states: dict[str, object] = {}
     evaluation = None
 
     for index, config in enumerate(recipe.stages):
@@ -171,20 +191,7 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
             records=records,
         )
         start = time.perf_counter()
-        try:
-            result = spec.run(config, ctx, current)
-        except GlmoptError:
-            raise
-        except MemoryError:
-            raise StageError(spec.name, "out of memory") from None
-        except OSError as exc:
-            raise StageError(spec.name, f"I/O error: {exc.strerror or exc} ({exc.filename or ''})") from None
-        except Exception as exc:
-            if os.environ.get("GLMOPT_DEBUG"):
-                traceback.print_exc()
-            raise StageError(
-                spec.name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from None
+        result = _guarded(spec.name, lambda: spec.run(config, ctx, current))  # noqa: B023 (called at once)
         seconds = time.perf_counter() - start
         entry = {"name": spec.name, "status": "ok", "seconds": round(seconds, 2), "details": result.details}
         if result.model is not None:
@@ -194,7 +201,13 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
         else:
             evaluation = result.details
         records[spec.name] = result.details
+        states[spec.name] = result.state
         stage_log.append(entry)
+
+    if evaluation is not None and isinstance(states.get("quantize"), QuantizeState):
+        current = _guarded(
+            "fallback", lambda: _tune(recipe, evaluation, states, history, current, work, progress, stage_log)
+        )
 
     final = current
     if final.kind != "onnx":  # the recipe schema requires export, so this is a programming error
@@ -210,10 +223,12 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
     (staging.path / "recipe.yaml").write_text(loaded.text)
     (staging.path / "recipe.resolved.json").write_text(recipe.model_dump_json(indent=2))
     for entry in stage_log:
-        ranges = entry["details"].get("ranges_file")
-        if ranges:
-            src = next(work.glob(f"*-{entry['name']}/{ranges}"))
-            staging.add_file(src)
+        for name in (entry["details"].get("ranges_file"), entry["details"].get("sensitivity", {}).get("file")):
+            if name:
+                staging.add_file(next(work.glob(f"*-{entry['name']}/{name}")))
+    fallback = evaluation.get("fallback") if evaluation else None
+    if fallback and fallback.get("trials"):
+        write_json(staging.path / FALLBACK_FILE, fallback)
 
     within = evaluation["within_budget"] if evaluation else None
     final_metrics = {}
@@ -239,7 +254,7 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
             "task": reference.arch.task,
             "sha256": _source_hash(folder),
         },
-        "recipe": {"file": str(loaded.path), "sha256": sha256_bytes(loaded.text.encode())},
+        "recipe": {"file": str(loaded.path), "sha256": sha256_bytes(loaded.text.encode()), "text": loaded.text},
         "tools": tool_versions(),
         "host": {**host_info(), "providers": providers},
         "load_seconds": round(load_seconds, 2),
@@ -247,6 +262,7 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
         "evaluation": evaluation,
         "metrics": final_metrics,
         "within_budget": within,
+        "sensitivity": _sensitivity(work, stage_log),
     }
 
     def finalize(version: int) -> None:
@@ -282,3 +298,62 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
     if within is False:
         raise GateFailed(outcome.verdict, outcome)
     return outcome
+
+
+FALLBACK_FILE = "fallback.json"
+
+
+def _sensitivity(work: Path, stage_log: list[dict]) -> dict | None:
+    """The quantize stage's full sensitivity analysis, for the reports."""
+    entry = next((e for e in stage_log if e["name"] == "quantize" and "sensitivity" in e["details"]), None)
+    if entry is None:
+        return None
+    return json.loads(next(work.glob(f"*-quantize/{entry['details']['sensitivity']['file']}")).read_text())
+
+
+def _tune(recipe, evaluation: dict, states: dict, history: list, current, work: Path, progress, stage_log) -> object:
+    """Metric cost of the most sensitive nodes, then fallback when a budget is missed. Returns the final model."""
+    quantized: QuantizeState = states["quantize"]
+    evaluator: Evaluator = states["evaluate"]
+    config: EvaluateConfig = evaluator.config
+    float_name = history[-2].produced_by  # the model quantization started from
+    tuning_dir = work / "tuning"
+    tuning_dir.mkdir()
+    if config.sensitivity_top_k and quantized.ranking:
+        start = time.perf_counter()
+        evaluation["node_metric_cost"] = metric_effects(
+            evaluator, quantized, evaluation["models"][float_name], config.sensitivity_top_k, tuning_dir, progress
+        )
+        evaluation["node_metric_cost_seconds"] = round(time.perf_counter() - start, 2)
+    if evaluation["within_budget"] or not config.budgets or not config.fallback.enabled:
+        return current
+    start = time.perf_counter()
+    search = fallback_search(
+        evaluator, quantized, evaluation["models"]["quantize"], config.fallback, tuning_dir, progress
+    )
+    best = search.pop("best")
+    keep_float = quantized.ranking[: best["float_nodes"]]
+    search["exclude_nodes"] = [glob_literal(n) for n in keep_float]
+    search["recipe_snippet"] = {"exclude_nodes": search["exclude_nodes"]}
+    evaluation["fallback"] = search
+    if best["path"] is None:  # no trial beat the plain quantized model: it stays the final model
+        return current
+    evaluation["models"]["fallback"] = best["result"]
+    evaluation["final"] = "fallback"
+    evaluation["budgets"] = best["checks"]
+    evaluation["within_budget"] = search["within_budget"]
+    stage_log.append(
+        {
+            "name": "fallback",
+            "status": "ok",
+            "seconds": round(time.perf_counter() - start, 2),
+            "size_bytes": model_size(best["path"]),
+            "details": {
+                "float_nodes": best["float_nodes"],
+                "trials": len(search["trials"]),
+                "stopped": search["stopped"],
+                "exclude_nodes": search["exclude_nodes"],
+            },
+        }
+    )
+    return ModelHandle(kind="onnx", produced_by="fallback", onnx_path=best["path"], torch=current.torch)

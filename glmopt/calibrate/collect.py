@@ -102,6 +102,10 @@ def collect_histograms(
 ) -> dict[str, TensorHistogram]:
     """Run every batch once; memory is the model plus one batch's activations plus O(bins) per tensor."""
     hists = {name: TensorHistogram(num_bins) for name in tensors}
+    if not tensors:  # only weight-side nodes (a Gather) to quantize; ONNX Runtime reads [] as "every output"
+        for _ in batches:
+            on_batch()
+        return hists
     scratch = work_dir / "calibration-model"
     scratch.mkdir(parents=True, exist_ok=True)
     path = None

@@ -235,3 +235,22 @@ def _degenerate_range(hist: TensorHistogram) -> tuple[float, float]:
 
 
 RANGE_METHODS = ("entropy", "minmax", "percentile")
+
+
+def compact_histogram(hist: TensorHistogram, max_bins: int = 96) -> dict:
+    """The occupied part of a histogram, merged down to at most max_bins bins, for plots in the report."""
+    occupied = np.flatnonzero(hist.counts)
+    if occupied.size == 0 or hist.half_range == 0.0:
+        return {"lo": 0.0, "hi": 0.0, "counts": []}
+    first, last = int(occupied[0]), int(occupied[-1]) + 1
+    group = -(-(last - first) // max_bins)
+    last = min(first + group * -(-(last - first) // group), hist.num_bins)
+    counts = hist.counts[first:last]
+    counts = np.pad(counts, (0, -len(counts) % group)).reshape(-1, group).sum(axis=1)
+    edges = hist.edges
+    width = edges[1] - edges[0]
+    return {
+        "lo": float(edges[first]),
+        "hi": float(edges[first] + width * group * len(counts)),
+        "counts": counts.tolist(),
+    }

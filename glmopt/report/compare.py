@@ -33,8 +33,13 @@ def _flatten(value, prefix: str = "") -> dict[str, object]:
 
 
 def _exclusions(report: dict) -> list[str]:
+    """Node patterns kept in float in the final model: the recipe's exclusions plus the fallback's."""
     stage = next((s for s in report["stages"] if s["name"] == "quantize"), None)
-    return list(stage["details"].get("exclude_nodes", [])) if stage else []
+    excluded = list(stage["details"].get("exclude_nodes", [])) if stage else []
+    fallback = (report.get("evaluation") or {}).get("fallback") or {}
+    if (report.get("evaluation") or {}).get("final") == "fallback":
+        excluded += fallback.get("exclude_nodes", [])
+    return excluded
 
 
 def compare(a: Path, b: Path) -> dict:

@@ -41,3 +41,5 @@ class StageContext:
 class StageResult:
     model: ModelHandle | None  # None for stages that only measure (evaluate)
     details: dict[str, Any]
+    # In-memory state later pipeline steps may reuse (the evaluator, the quantizer's ranges); never serialized.
+    state: Any = None

@@ -5,6 +5,7 @@ Reports each metric's drop against the reference and checks the recipe's budgets
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -16,7 +17,18 @@ from pydantic import Field, model_validator
 
 from glmopt.data import DataSource, load_rows, rows_digest
 from glmopt.fileutil import tree_size
-from glmopt.metrics import mean_pool, probe_accuracy, relative_drop_pct, spearman, token_nll
+from glmopt.metrics import (
+    bootstrap_indices,
+    interval95,
+    mean_pool,
+    perplexity_resampled,
+    probe_accuracy,
+    relative_drop_pct,
+    relative_drops_pct,
+    spearman,
+    spearman_resampled,
+    token_nll,
+)
 from glmopt.onnx_utils import make_session, model_size, run_session
 from glmopt.schema import StrictModel
 from glmopt.stages.base import ModelHandle, StageContext, StageResult
@@ -61,11 +73,22 @@ class Budget(StrictModel):
     max_drop_pct: float = Field(..., ge=0, le=1000, description="largest allowed degradation of the final model, %")
 
 
+class FallbackConfig(StrictModel):
+    enabled: bool = Field(True, description="keep sensitive nodes in float when the quantized model misses a budget")
+    max_trials: int = Field(8, ge=1, le=100, description="re-quantize-and-evaluate trials at most")
+    max_minutes: float = Field(30.0, gt=0, le=1440, description="no new trial starts after this long")
+    first_step: int = Field(1, ge=1, le=10000, description="float nodes in the first trial; later trials double it")
+
+
 class EvaluateConfig(StrictModel):
     stage: Literal["evaluate"] = "evaluate"
     tasks: list[EvalTask] = Field(..., min_length=1)
     latency: LatencyConfig = LatencyConfig()
     budgets: dict[str, Budget] = Field(default_factory=dict)
+    sensitivity_top_k: int = Field(
+        3, ge=0, le=100, description="the k nodes with the lowest SQNR are each quantized alone and scored"
+    )
+    fallback: FallbackConfig = FallbackConfig()
 
     @model_validator(mode="after")
     def _budgets_name_tasks(self) -> EvaluateConfig:
@@ -178,23 +201,44 @@ class Prepared:
     def steps(self) -> int:
         return len(self.windows) if isinstance(self.task, PerplexityTask) else len(self.encoded)
 
-    def score(self, runner: Runner, bar) -> dict:
+    def score(self, runner: Runner, bar) -> tuple[dict, np.ndarray]:
+        """The metric, plus the per-unit figures (windows, pairs, documents) that bootstrap intervals resample."""
         if isinstance(self.task, PerplexityTask):
-            total, count, per_window = 0.0, 0, []
+            rows = []
             for row in self.windows:
                 ids = row[None, :]
                 mask = np.ones_like(ids)
-                nll, n = token_nll(runner(_feeds(ids, mask, self.input_names)), ids, mask)
-                total, count = total + nll, count + n
-                per_window.append(float(np.exp(nll / n)))
+                rows.append(token_nll(runner(_feeds(ids, mask, self.input_names)), ids, mask))
                 bar.update(1)
-            return {"value": float(np.exp(total / count)), "samples": count, "unit": "tokens", "per_window": per_window}
+            per_window = np.array(rows, dtype=np.float64)
+            window_ppl = np.exp(per_window[:, 0] / per_window[:, 1])
+            result = {
+                "value": float(np.exp(per_window[:, 0].sum() / per_window[:, 1].sum())),
+                "samples": int(per_window[:, 1].sum()),
+                "unit": "tokens",
+                "windows": len(rows),
+                "per_window": [float(v) for v in window_ppl],
+                "window_spread": {
+                    "std": float(window_ppl.std(ddof=1)) if len(rows) > 1 else 0.0,
+                    "min": float(window_ppl.min()),
+                    "max": float(window_ppl.max()),
+                },
+            }
+            return result, per_window
         embeddings = self._embed(runner, bar)
         if isinstance(self.task, SimilarityTask):
             sims = (embeddings[self.pairs[:, 0]] * embeddings[self.pairs[:, 1]]).sum(axis=1)
-            return {"value": spearman(sims, self.scores), "samples": self.count, "unit": "pairs"}
-        acc, n_test = probe_accuracy(embeddings, self.labels, self.task.test_fraction, self.seed)
-        return {"value": acc, "samples": n_test, "unit": "test documents"}
+            return {"value": spearman(sims, self.scores), "samples": self.count, "unit": "pairs"}, sims
+        correct = probe_accuracy(embeddings, self.labels, self.task.test_fraction, self.seed)
+        return {"value": float(correct.mean()), "samples": len(correct), "unit": "test documents"}, correct
+
+    def resampled(self, raw: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """The metric on each bootstrap resample (rows of idx) of the per-unit figures."""
+        if isinstance(self.task, PerplexityTask):
+            return perplexity_resampled(raw, idx)
+        if isinstance(self.task, SimilarityTask):
+            return spearman_resampled(raw, self.scores, idx)
+        return raw[idx].mean(axis=1)
 
 
 def _stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
@@ -219,13 +263,20 @@ def measure_latency(runner: Runner, loaded, config: LatencyConfig) -> dict:
         start = time.perf_counter()
         runner(feeds)
         times.append((time.perf_counter() - start) * 1000.0)
+    p10, p90 = np.percentile(times, [10, 90])
     return {
         "median_ms": statistics.median(times),
         "min_ms": min(times),
         "max_ms": max(times),
+        "p10_ms": float(p10),
+        "p90_ms": float(p90),
+        "stdev_ms": statistics.stdev(times) if len(times) > 1 else 0.0,
         "runs": config.runs,
+        "warmup": config.warmup,
         "shape": [config.batch_size, config.sequence_length],
         "threads": config.threads,
+        # 0 means the runtime's default: one intra-op thread per core for ONNX Runtime and PyTorch here.
+        "threads_effective": config.threads or os.cpu_count(),
     }
 
 
@@ -237,57 +288,128 @@ def handle_size(handle: ModelHandle) -> int:
     return sum(tree_size(p) for p in folder.glob("*.safetensors"))
 
 
-def run(config: EvaluateConfig, ctx: StageContext, model: ModelHandle) -> StageResult:
-    loaded = ctx.reference
-    prepared = [
-        Prepared(task, loaded.tokenizer, loaded.arch.input_names, ctx.base_dir, ctx.seed, f"evaluate.tasks[{i}]")
-        for i, task in enumerate(config.tasks)
-    ]
-    handles = list(ctx.history)
-    steps = len(handles) * (sum(p.steps for p in prepared) + config.latency.warmup + config.latency.runs)
-    bar = ctx.progress(total=steps, desc=f"evaluate ({len(handles)} models)")
-    results: dict[str, dict] = {}
-    for handle in handles:
-        runner = Runner(handle, ctx.providers, config.latency.threads)
-        metrics = {p.task.metric: p.score(runner, bar) for p in prepared}
-        latency = measure_latency(runner, handle.loaded, config.latency)
-        bar.update(config.latency.warmup + config.latency.runs)
-        results[handle.produced_by] = {
+class Evaluator:
+    """Scores models on the prepared tasks; keeps the reference's per-unit figures for paired intervals.
+
+    The pipeline keeps it after the stage so that accuracy-driven fallback scores its trial models
+    on exactly the same data, resamples and budgets.
+    """
+
+    def __init__(self, config: EvaluateConfig, ctx: StageContext):
+        self.config = config
+        self.providers = ctx.providers
+        self.reference_model = ctx.reference
+        self.seed = ctx.seed
+        self.progress = ctx.progress
+        self.prepared = [
+            Prepared(
+                task,
+                ctx.reference.tokenizer,
+                ctx.reference.arch.input_names,
+                ctx.base_dir,
+                ctx.seed,
+                f"evaluate.tasks[{i}]",
+            )
+            for i, task in enumerate(config.tasks)
+        ]
+        self.raw: dict[str, dict[str, np.ndarray]] = {}
+        self._indices: dict[str, np.ndarray] = {}
+
+    @property
+    def steps_per_model(self) -> int:
+        return sum(p.steps for p in self.prepared) + self.config.latency.warmup + self.config.latency.runs
+
+    def _idx(self, metric: str, n: int) -> np.ndarray:
+        if metric not in self._indices:
+            self._indices[metric] = bootstrap_indices(n, BOOTSTRAP_RESAMPLES, self.seed)
+        return self._indices[metric]
+
+    def measure(self, handle: ModelHandle, bar, metrics_only: tuple[str, ...] | None = None) -> dict:
+        """Metrics with 95% intervals, latency and size of one model; drops against the reference if measured."""
+        runner = Runner(handle, self.providers, self.config.latency.threads)
+        metrics, raws = {}, {}
+        for p in self.prepared:
+            metric = p.task.metric
+            if metrics_only is not None and metric not in metrics_only:
+                continue
+            result, raw = p.score(runner, bar)
+            result["ci95"] = interval95(p.resampled(raw, self._idx(metric, len(raw))))
+            metrics[metric], raws[metric] = result, raw
+        out = {
             "format": "pytorch" if handle.kind == "torch" else "onnx",
             "size_bytes": handle_size(handle),
-            "latency": latency,
             "metrics": metrics,
         }
+        if metrics_only is None:
+            out["latency"] = measure_latency(runner, handle.loaded, self.config.latency)
+            bar.update(self.config.latency.warmup + self.config.latency.runs)
         del runner
-    bar.close()
+        if handle.produced_by == "reference":
+            self.raw["reference"] = raws
+        out["drop_pct"], out["drop_ci95"] = self.drops(metrics, raws)
+        return out
 
-    reference = results["reference"]
-    for result in results.values():
-        result["drop_pct"] = {
-            metric: relative_drop_pct(metric, reference["metrics"][metric]["value"], m["value"])
-            for metric, m in result["metrics"].items()
+    def drops(self, metrics: dict, raws: dict) -> tuple[dict, dict]:
+        """Each metric's drop against the reference, and its paired bootstrap 95% interval."""
+        reference = self.raw.get("reference")
+        if reference is None:
+            return {}, {}
+        drop, interval = {}, {}
+        for p in self.prepared:
+            metric = p.task.metric
+            if metric not in metrics:
+                continue
+            ref_value = float(p.resampled(reference[metric], np.arange(len(reference[metric]))[None, :])[0])
+            drop[metric] = relative_drop_pct(metric, ref_value, metrics[metric]["value"])
+            idx = self._idx(metric, len(raws[metric]))
+            interval[metric] = interval95(
+                relative_drops_pct(metric, p.resampled(reference[metric], idx), p.resampled(raws[metric], idx))
+            )
+        return drop, interval
+
+    def budget_checks(self, result: dict, model_name: str) -> list[dict]:
+        checks = []
+        for metric, budget in self.config.budgets.items():
+            drop = result["drop_pct"][metric]
+            lo, hi = result["drop_ci95"][metric]
+            checks.append(
+                {
+                    "metric": metric,
+                    "model": model_name,
+                    "drop_pct": drop,
+                    "drop_ci95": [lo, hi],
+                    "max_drop_pct": budget.max_drop_pct,
+                    "passed": drop <= budget.max_drop_pct,
+                    # The verdict follows the measured drop; the interval says whether it is clear of the noise.
+                    "margin_within_noise": bool(lo <= budget.max_drop_pct <= hi),
+                }
+            )
+        return checks
+
+    def data_summary(self) -> dict:
+        return {
+            p.task.metric: {"source": p.task.data.describe(), "samples": p.count, "sha256": p.texts_digest}
+            for p in self.prepared
         }
+
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def run(config: EvaluateConfig, ctx: StageContext, model: ModelHandle) -> StageResult:
+    evaluator = Evaluator(config, ctx)
+    handles = list(ctx.history)
+    bar = ctx.progress(total=len(handles) * evaluator.steps_per_model, desc=f"evaluate ({len(handles)} models)")
+    results = {handle.produced_by: evaluator.measure(handle, bar) for handle in handles}
+    bar.close()
     final_name = handles[-1].produced_by
-    checks = []
-    for metric, budget in config.budgets.items():
-        drop = results[final_name]["drop_pct"][metric]
-        checks.append(
-            {
-                "metric": metric,
-                "model": final_name,
-                "drop_pct": drop,
-                "max_drop_pct": budget.max_drop_pct,
-                "passed": drop <= budget.max_drop_pct,
-            }
-        )
+    checks = evaluator.budget_checks(results[final_name], final_name)
     details = {
         "models": results,
         "final": final_name,
         "budgets": checks,
         "within_budget": all(c["passed"] for c in checks),
-        "data": {
-            p.task.metric: {"source": p.task.data.describe(), "samples": p.count, "sha256": p.texts_digest}
-            for p in prepared
-        },
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "data": evaluator.data_summary(),
     }
-    return StageResult(None, details)
+    return StageResult(None, details, state=evaluator)

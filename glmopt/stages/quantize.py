@@ -11,6 +11,7 @@ import contextlib
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,8 @@ from pydantic import Field, field_validator
 
 from glmopt.calibrate.collect import activation_inputs, collect_histograms, matches, select_nodes
 from glmopt.calibrate.dataset import CalibrationSet, calibration_batches, resolve_calibration
-from glmopt.calibrate.histogram import entropy_range, minmax_range, percentile_range
+from glmopt.calibrate.histogram import compact_histogram, entropy_range, minmax_range, percentile_range
+from glmopt.calibrate.sensitivity import measure_sensitivity, ranked
 from glmopt.errors import StageError
 from glmopt.fileutil import write_json
 from glmopt.onnx_utils import make_session, run_session, save_model
@@ -28,6 +30,15 @@ from glmopt.stages.base import ModelHandle, StageContext, StageResult
 from glmopt.stages.export import dummy_inputs
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Gather")
+
+
+class SensitivityConfig(StrictModel):
+    tokens: int = Field(
+        512, ge=0, le=65536, description="calibration tokens on which each node's SQNR is measured; 0 skips it"
+    )
+    histograms: int = Field(
+        4, ge=0, le=64, description="calibration histograms of the most sensitive tensors kept for the report"
+    )
 
 
 class QuantizeConfig(StrictModel):
@@ -49,6 +60,7 @@ class QuantizeConfig(StrictModel):
     activation_matmuls: bool = Field(False, description="also quantize activation x activation MatMuls")
     nodes: list[str] | None = Field(None, description="glob patterns of node names to quantize (default: all)")
     exclude_nodes: list[str] = Field(default_factory=list, description="glob patterns of node names kept in float")
+    sensitivity: SensitivityConfig = SensitivityConfig()
 
     @field_validator("num_bins")
     @classmethod
@@ -174,6 +186,34 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
     search.close()
     lap("search_seconds")
     quantized_nodes = [n.name for n in nodes if not any(i in skipped for i in n.input)]
+
+    sensitivity: list[dict] = []
+    if config.sensitivity.tokens:
+        chosen = [n for n in nodes if n.name in set(quantized_nodes)]
+        bar = ctx.progress(total=len(chosen), desc=f"sensitivity (SQNR of {len(chosen)} nodes)")
+        sensitivity = measure_sensitivity(
+            model.onnx_path,
+            chosen,
+            ranges,
+            batches,
+            config.sensitivity.tokens,
+            config.per_channel,
+            config.symmetric_activations,
+            ctx.providers,
+            ctx.work_dir,
+            on_node=lambda: bar.update(1),
+        )
+        bar.close()
+        write_json(
+            ctx.work_dir / SENSITIVITY_FILE,
+            {
+                "tokens": config.sensitivity.tokens,
+                "nodes": ranked(sensitivity),
+                "graph_order": [r["node"] for r in sensitivity],
+                "histograms": worst_histograms(ranked(sensitivity), hists, saved, config),
+            },
+        )
+        lap("sensitivity_seconds")
     ranges_file = ctx.work_dir / "calibration_ranges.json"
     write_json(
         ranges_file,
@@ -211,5 +251,64 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         "exclude_nodes": list(config.exclude_nodes),
         "timings": timings,
     }
+    if sensitivity:
+        details["sensitivity"] = {
+            "file": SENSITIVITY_FILE,
+            "tokens": config.sensitivity.tokens,
+            "nodes": len(sensitivity),
+            "most_sensitive": ranked(sensitivity)[:REPORTED_NODES],
+        }
     handle = ModelHandle(kind="onnx", produced_by="quantize", onnx_path=out, torch=loaded)
-    return StageResult(handle, details)
+    state = QuantizeState(
+        source=model.onnx_path,
+        ranges=ranges,
+        quantized_nodes=quantized_nodes,
+        config=config,
+        ranking=[r["node"] for r in ranked(sensitivity)],
+    )
+    return StageResult(handle, details, state=state)
+
+
+SENSITIVITY_FILE = "sensitivity.json"
+REPORTED_NODES = 10
+
+
+@dataclass
+class QuantizeState:
+    """What re-quantizing with other exclusions needs: the float model, its ranges, the sensitivity ranking."""
+
+    source: Path
+    ranges: dict[str, tuple[float, float]]
+    quantized_nodes: list[str]
+    config: QuantizeConfig
+    ranking: list[str]  # quantized node names, most sensitive first (empty when sensitivity was skipped)
+
+    def quantize(self, dst: Path, keep_float: list[str] = (), only: list[str] | None = None) -> Path:
+        """Quantize the float model again from the same ranges, keeping `keep_float` nodes in float."""
+        nodes = [n for n in (only if only is not None else self.quantized_nodes) if n not in set(keep_float)]
+        if not nodes:  # ONNX Runtime reads an empty node list as "quantize everything"
+            import onnx
+
+            save_model(onnx.load(str(self.source)), dst)
+            return dst
+        quantize_with_ranges(self.source, dst, self.ranges, nodes, self.config)
+        return dst
+
+
+def worst_histograms(ranking: list[dict], hists: dict, saved: dict, config: QuantizeConfig) -> dict:
+    """Calibration histograms of the activations feeding the most sensitive nodes, with every method's range."""
+    out: dict[str, dict] = {}
+    for entry in ranking:
+        name = entry["activation"]
+        if len(out) >= config.sensitivity.histograms:
+            break
+        if name is None or name in out or name not in saved:
+            continue
+        hist = hists[name]
+        out[name] = {
+            "node": entry["node"],
+            "used": saved[name]["method"],
+            "ranges": {method: list(RANGE_FUNCTIONS[method](hist, config)) for method in RANGE_FUNCTIONS},
+            "histogram": compact_histogram(hist),
+        }
+    return out
