@@ -78,7 +78,48 @@ def main() -> None:
         print(table(["model", "format", "size MB", "x FP32 ONNX", "latency ms", "metric", "value", "drop %"], rows))
         lat = next(iter(models.values()))["latency"]
         print(f"latency: median of {lat['runs']} runs, batch x sequence {lat['shape']}, runtime-default threads")
+        for name, m in models.items():
+            for metric in m["metrics"]:
+                ci = m.get("drop_ci95", {}).get(metric)
+                if ci and name != "reference":
+                    print(f"  {name} {metric} drop 95% interval: [{ci[0]:+.2f}, {ci[1]:+.2f}] %")
+        print_accuracy_steps(report, table)
     shutil.rmtree(artifacts, ignore_errors=True)
+
+
+def print_accuracy_steps(report: dict, table) -> None:
+    """Sensitivity, the metric cost of the worst nodes, and the fallback trials, when the build ran them."""
+    sensitivity = report.get("sensitivity") or {}
+    if sensitivity.get("nodes"):
+        rows = [
+            [n["node"], n["sqnr_db"], n["activation_sqnr_db"] or "", n["weight_sqnr_db"]]
+            for n in sensitivity["nodes"][:5]
+        ]
+        print(f"most sensitive of {len(sensitivity['nodes'])} quantized nodes (SQNR, {sensitivity['tokens']} tokens):")
+        print(table(["node", "SQNR dB", "activation only", "weight only"], rows))
+    evaluation = report["evaluation"]
+    for cost in evaluation.get("node_metric_cost", []):
+        drops = ", ".join(f"{m} {d:+.2f}%" for m, d in cost["drop_pct"].items())
+        print(f"  quantized alone: {cost['node']}: {drops}")
+    fallback = evaluation.get("fallback")
+    if fallback:
+        rows = [
+            [
+                t["float_nodes"],
+                *t["drop_pct"].values(),
+                t["size_bytes"] / 1e6,
+                t["latency_ms"],
+                t["passed"],
+                t["seconds"],
+            ]
+            for t in fallback["trials"]
+        ]
+        metrics = list(fallback["trials"][0]["drop_pct"]) if fallback["trials"] else []
+        print(
+            f"fallback: {len(fallback['trials'])} trials in {fallback['seconds']:.0f} s, stopped: {fallback['stopped']}"
+        )
+        print(table(["float nodes", *(f"{m} drop %" for m in metrics), "size MB", "latency ms", "passed", "s"], rows))
+        print(f"final model: {fallback['float_nodes']} nodes in float, within budget: {fallback['within_budget']}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,16 @@ def test_demo_recipe_int8_glm(tmp_path):
     fusions = next(s for s in report["stages"] if s["name"] == "fuse")["details"]["fusions"]
     assert sum(fusions.values()) > 0
     assert out["metrics"]["drop_pct"]["perplexity"] == pytest.approx(models["quantize"]["drop_pct"]["perplexity"])
+    # Sensitivity on real activations: the MLP down projections (whose inputs carry the outlier
+    # channels) and the LM head dominate the least faithful nodes.
+    sensitivity = report["sensitivity"]
+    quantize = next(s for s in report["stages"] if s["name"] == "quantize")["details"]
+    assert len(sensitivity["nodes"]) == quantize["quantized_nodes"]
+    worst = [n["node"] for n in sensitivity["nodes"][:10]]
+    assert sum("down_proj" in n or "lm_head" in n for n in worst) >= 6, worst
+    assert len(sensitivity["histograms"]) == 4
+    html = (artifact / "report.html").read_text()
+    assert html.count("<svg") >= 8 and "WITHIN BUDGET" in html
 
 
 def test_minilm_recipe(tmp_path):
@@ -55,7 +65,24 @@ def test_minilm_recipe(tmp_path):
 
 
 def test_prune_recipe_shrinks_the_model(tmp_path):
-    code, out, result = build("recipes/prune-int8.yaml", tmp_path)
+    """The prune stage of recipes/prune-int8.yaml as written, then export and a short evaluation.
+
+    Fusion and INT8 are what the demo test covers; leaving them out here keeps the suite's time down.
+    """
+    import yaml
+
+    recipe = yaml.safe_load((REPO / "recipes" / "prune-int8.yaml").read_text())
+    prune = recipe["stages"][0]
+    prune["calibration"] = str(REPO / "calibration" / "wikipedia-64x256.yaml")
+    evaluate = recipe["stages"][-1]
+    evaluate["tasks"][0]["max_tokens"] = 1024
+    evaluate["latency"]["runs"] = 1
+    recipe["stages"] = [prune, {"stage": "export"}, evaluate]
+    (tmp_path / "prune.yaml").write_text(yaml.safe_dump(recipe))
+    result = runner.invoke(
+        app, ["build", str(tmp_path / "prune.yaml"), "--artifacts-dir", str(tmp_path), "--json", "-q"]
+    )
+    code = result.exit_code
     assert code in (0, 3), result.output
     report = json.loads((tmp_path / "smollm2-glm-prune-int8" / "1" / "report.json").read_text())
     prune = next(s for s in report["stages"] if s["name"] == "prune")["details"]

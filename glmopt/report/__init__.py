@@ -50,7 +50,7 @@ def verdict_line(record: dict) -> str:
     parts = []
     for c in evaluation["budgets"]:
         gap = c["max_drop_pct"] - c["drop_pct"]
-        how = f"{gap:.2f} points to spare" if gap >= 0 else f"over by {-gap:.2f} points"
+        how = f"{gap:.3g} points to spare" if gap >= 0 else f"over by {-gap:.3g} points"
         if c.get("margin_within_noise"):
             how += ", within the 95% interval of the drop"
         parts.append(f"{c['metric']} drop {c['drop_pct']:+.2f}% (budget {c['max_drop_pct']:.2f}%, {how})")
@@ -119,7 +119,7 @@ def render_markdown(record: dict) -> str:
     if evaluation:
         lines += ["", "## Evaluation data", ""]
         for metric, d in evaluation["data"].items():
-            lines.append(f"- {metric}: {d['source']}, {d['samples']} samples")
+            lines.append(f"- {metric}: {d['source']}, {d['samples']} {d.get('unit', 'samples')}")
         lat = next(iter(evaluation["models"].values()))["latency"]
         threads = lat["threads"] or f"runtime default ({lat.get('threads_effective', '?')} on this host)"
         lines.append(

@@ -77,7 +77,10 @@ def _stage_section(record: dict) -> list[str]:
     )
     evaluation = record.get("evaluation") or {}
     if evaluation:
-        lines = [f"{escape(m)}: {escape(d['source'])}, {d['samples']} samples" for m, d in evaluation["data"].items()]
+        lines = [
+            f"{escape(m)}: {escape(d['source'])}, {d['samples']} {d.get('unit', 'samples')}"
+            for m, d in evaluation["data"].items()
+        ]
         out.append('<p class="muted">' + "; ".join(lines) + "</p>")
     measured = [r for r in rows if r["metrics"]]
     plots = []

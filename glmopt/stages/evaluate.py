@@ -388,12 +388,18 @@ class Evaluator:
 
     def data_summary(self) -> dict:
         return {
-            p.task.metric: {"source": p.task.data.describe(), "samples": p.count, "sha256": p.texts_digest}
+            p.task.metric: {
+                "source": p.task.data.describe(),
+                "samples": p.count,
+                "unit": UNITS[p.task.metric],
+                "sha256": p.texts_digest,
+            }
             for p in self.prepared
         }
 
 
 BOOTSTRAP_RESAMPLES = 1000
+UNITS = {"perplexity": "windows", "spearman": "pairs", "accuracy": "documents"}
 
 
 def run(config: EvaluateConfig, ctx: StageContext, model: ModelHandle) -> StageResult:
