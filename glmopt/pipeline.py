@@ -205,9 +205,7 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
         stage_log.append(entry)
 
     if evaluation is not None and isinstance(states.get("quantize"), QuantizeState):
-        current = _guarded(
-            "fallback", lambda: _tune(recipe, evaluation, states, history, current, work, progress, stage_log)
-        )
+        current = _guarded("fallback", lambda: _tune(evaluation, states, history, current, work, progress, stage_log))
 
     final = current
     if final.kind != "onnx":  # the recipe schema requires export, so this is a programming error
@@ -311,7 +309,7 @@ def _sensitivity(work: Path, stage_log: list[dict]) -> dict | None:
     return json.loads(next(work.glob(f"*-quantize/{entry['details']['sensitivity']['file']}")).read_text())
 
 
-def _tune(recipe, evaluation: dict, states: dict, history: list, current, work: Path, progress, stage_log) -> object:
+def _tune(evaluation: dict, states: dict, history: list, current, work: Path, progress, stage_log) -> object:
     """Metric cost of the most sensitive nodes, then fallback when a budget is missed. Returns the final model."""
     quantized: QuantizeState = states["quantize"]
     evaluator: Evaluator = states["evaluate"]

@@ -37,10 +37,14 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 
 def halo_text(x: float, y: float, text: str, anchor: str = "start", color: str = "#222") -> str:
-    """Text with a white halo, so that it stays legible over bars and lines."""
+    """Text over a white outline of itself, so that it stays legible over bars and lines.
+
+    Two elements rather than paint-order, which not every SVG renderer honours.
+    """
+    where = f'x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"'
     return (
-        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{color}" '
-        f'paint-order="stroke" stroke="#fff" stroke-width="3">{escape(text)}</text>'
+        f'<text {where} fill="#fff" stroke="#fff" stroke-width="3">{escape(text)}</text>'
+        f'<text {where} fill="{color}">{escape(text)}</text>'
     )
 
 
@@ -134,7 +138,7 @@ def bar_chart(
     """Vertical bars, optional error bars (absolute low/high) and one horizontal reference line."""
     lows = [e[0] for e in errors or [] if e] + list(values) + ([line[0]] if line else [])
     highs = [e[1] for e in errors or [] if e] + list(values) + ([line[0]] if line else [])
-    frame = Frame(width, height, (0, max(len(values), 1)), _padded(min(lows), max(highs), include_zero=True))
+    frame = Frame(width, height, (0, max(len(values), 1)), _padded(min(lows), max(highs), include_zero=True), bottom=36)
     out = frame.open(title) + frame.y_axis(y_label)
     base = frame.height - frame.bottom
     out.append(f'<line x1="{frame.left}" y1="{base}" x2="{width - frame.right}" y2="{base}" stroke="#333"/>')
@@ -146,8 +150,12 @@ def bar_chart(
             f'<rect x="{x:.1f}" y="{top:.1f}" width="{slot * 0.7:.1f}" height="{bottom - top:.1f}" '
             f'fill="{PALETTE[i % len(PALETTE)]}"><title>{escape(label)}: {fmt(value)}</title></rect>'
         )
-        out.append(f'<text x="{x + slot * 0.35:.1f}" y="{top - 4:.1f}" text-anchor="middle">{fmt(value)}</text>')
-        out.append(f'<text x="{x + slot * 0.35:.1f}" y="{base + 16}" text-anchor="middle">{escape(label)}</text>')
+        # Name and value under the bar: above it, the value would collide with the error bar.
+        out.append(f'<text x="{x + slot * 0.35:.1f}" y="{base + 14}" text-anchor="middle">{escape(label)}</text>')
+        out.append(
+            f'<text x="{x + slot * 0.35:.1f}" y="{base + 27}" text-anchor="middle" font-weight="600">'
+            f"{fmt(value)}</text>"
+        )
         if errors and errors[i]:
             lo, hi = errors[i]
             cx = x + slot * 0.35
