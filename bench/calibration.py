@@ -117,7 +117,8 @@ def run_worker(method: str, builtin: str, model_path: Path, samples: int | None,
     return json.loads(out.read_text())
 
 
-def evaluate_ranges(builtin: str, model_path: Path, ranges: dict, work: Path, tag: str) -> float:
+def evaluate_ranges(builtin: str, model_path: Path, ranges: dict, work: Path, tag: str) -> tuple[float, object, object]:
+    """The INT8 model's metric, its per-unit figures (for paired intervals) and the prepared task."""
     from glmopt.data import DataSource
     from glmopt.models import load_model
     from glmopt.models.builtin import resolve_builtin
@@ -141,7 +142,18 @@ def evaluate_ranges(builtin: str, model_path: Path, ranges: dict, work: Path, ta
             pass
 
     runner = Runner(ModelHandle("onnx", tag, onnx_path=out, torch=loaded), ["CPUExecutionProvider"], 0)
-    return prepared.score(runner, Bar())["value"]
+    result, raw = prepared.score(runner, Bar())
+    return result["value"], raw, prepared
+
+
+def paired_difference(prepared, raw_a, raw_b) -> tuple[float, list[float]]:
+    """Metric of A minus metric of B, and its 95% interval over 1000 paired bootstrap resamples."""
+    from glmopt.metrics import bootstrap_indices, interval95
+
+    identity = np.arange(len(raw_a))[None, :]
+    point = float(prepared.resampled(raw_a, identity)[0] - prepared.resampled(raw_b, identity)[0])
+    idx = bootstrap_indices(len(raw_a), 1000, seed=0)
+    return point, interval95(prepared.resampled(raw_a, idx) - prepared.resampled(raw_b, idx))
 
 
 def main() -> None:
@@ -161,10 +173,18 @@ def main() -> None:
         loaded, model_path, _ = exported(builtin, work)
         size = model_path.stat().st_size
         results = {m: run_worker(m, builtin, model_path, args.samples, work) for m in ("fp32", "glmopt", "ort")}
-        metric = {}
+        metric, raws = {}, {}
+        prepared = None
         for m in ("glmopt", "ort"):
             if "ranges" in results[m]:
-                metric[m] = evaluate_ranges(builtin, model_path, results[m]["ranges"], work, m)
+                metric[m], raws[m], prepared = evaluate_ranges(builtin, model_path, results[m]["ranges"], work, m)
+        if len(raws) == 2:
+            diff, (lo, hi) = paired_difference(prepared, raws["glmopt"], raws["ort"])
+            noise = "within noise" if lo <= 0 <= hi else "outside noise"
+            print(
+                f"{builtin}: INT8 metric glmopt - ONNX Runtime = {diff:+.4g} "
+                f"(paired 95% interval [{lo:+.4g}, {hi:+.4g}], {noise})"
+            )
         floor = results["fp32"].get("seconds")
         for m, r in results.items():
             if "error" in r:

@@ -89,6 +89,11 @@ def main() -> None:
 
 def print_accuracy_steps(report: dict, table) -> None:
     """Sensitivity, the metric cost of the worst nodes, and the fallback trials, when the build ran them."""
+    quantize = next((s for s in report["stages"] if s["name"] == "quantize"), None)
+    if quantize:
+        print("quantize stage: " + ", ".join(f"{k} {v}" for k, v in quantize["details"]["timings"].items()))
+    if "node_metric_cost_seconds" in report["evaluation"]:
+        print(f"scoring the worst nodes alone: {report['evaluation']['node_metric_cost_seconds']} s")
     sensitivity = report.get("sensitivity") or {}
     if sensitivity.get("nodes"):
         rows = [

@@ -111,7 +111,7 @@ def collect_histograms(
     path = None
     try:
         path = augmented_model_path(model_path, tensors, scratch)
-        session = make_session(path, providers)
+        session = make_session(path, providers, arena=False)
         input_names = {i.name for i in session.get_inputs()}
         for feeds in batches:
             mask = feeds.get("attention_mask")
