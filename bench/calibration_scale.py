@@ -144,7 +144,7 @@ def worker(args) -> None:
 
         model_path = Path(args.model_path)
         cal = load_calibration_file(REPO_ROOT / "calibration" / "wikipedia-64x256.yaml")
-        cal = cal.model_copy(update={"num_samples": args.samples})
+        cal = cal.model_copy(update={"num_samples": args.samples, "batch_size": 1})  # as the README measured
         # Tokenizer and input names only: loading the PyTorch model would count towards this process's peak.
         from transformers import AutoTokenizer
 
