@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -173,50 +174,60 @@ def main() -> None:
     rows = []
     for builtin in args.models:
         work = Path(tempfile.mkdtemp(prefix="glmopt-calib-"))
-        loaded, model_path, _ = exported(builtin, work)
-        size = model_path.stat().st_size
-        results = {m: run_worker(m, builtin, model_path, args.samples, work) for m in ("fp32", "glmopt", "ort")}
-        metric, raws = {}, {}
-        prepared = None
-        for m in ("glmopt", "ort"):
-            if "ranges" in results[m]:
-                metric[m], raws[m], prepared = evaluate_ranges(builtin, model_path, results[m]["ranges"], work, m)
-        if len(raws) == 2:
-            diff, (lo, hi) = paired_difference(prepared, raws["glmopt"], raws["ort"])
-            noise = "within noise" if lo <= 0 <= hi else "outside noise"
-            print(
-                f"{builtin}: INT8 metric glmopt - ONNX Runtime = {diff:+.4g} "
-                f"(paired 95% interval [{lo:+.4g}, {hi:+.4g}], {noise})"
-            )
-        floor = results["fp32"].get("seconds")
-        for m, r in results.items():
-            if "error" in r:
-                rows.append([builtin, m, "", "", "", "", r["error"]])
-                continue
-            rows.append(
-                [
-                    builtin,
-                    m,
-                    r["samples"],
-                    r["seconds"],
-                    r["seconds"] / floor,
-                    r["peak_rss"] / 1e9,
-                    (r["peak_rss"] - size) / 1e9,
-                    metric.get(m, ""),
-                ]
-            )
-        g, o = results["glmopt"], results["ort"]
-        if "seconds" in g and "seconds" in o:
-            same = sum(
-                1 for k in g["ranges"] if k in o["ranges"] and np.allclose(g["ranges"][k], o["ranges"][k], rtol=0.02)
-            )
-            print(
-                f"{builtin}: glmopt is {o['seconds'] / g['seconds']:.1f}x faster than ONNX Runtime's entropy "
-                f"calibration; {same}/{len(g['ranges'])} ranges agree within 2%"
-            )
+        try:
+            rows += measure(builtin, work, args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     headers = ["model", "method", "batches", "seconds", "x fp32", "peak RSS GB", "RSS - model GB", "INT8 metric"]
     print(table(headers, rows))
     print("metric: perplexity on 4096 news tokens (lower is better) / Lee Spearman (higher is better)")
+
+
+def measure(builtin: str, work: Path, args) -> list[list]:
+    """One model: the three calibrations side by side, the INT8 metric of each set of ranges."""
+    rows: list[list] = []
+    loaded, model_path, _ = exported(builtin, work)
+    size = model_path.stat().st_size
+    results = {m: run_worker(m, builtin, model_path, args.samples, work) for m in ("fp32", "glmopt", "ort")}
+    metric, raws = {}, {}
+    prepared = None
+    for m in ("glmopt", "ort"):
+        if "ranges" in results[m]:
+            metric[m], raws[m], prepared = evaluate_ranges(builtin, model_path, results[m]["ranges"], work, m)
+    if len(raws) == 2:
+        diff, (lo, hi) = paired_difference(prepared, raws["glmopt"], raws["ort"])
+        noise = "within noise" if lo <= 0 <= hi else "outside noise"
+        print(
+            f"{builtin}: INT8 metric glmopt - ONNX Runtime = {diff:+.4g} "
+            f"(paired 95% interval [{lo:+.4g}, {hi:+.4g}], {noise})"
+        )
+    floor = results["fp32"].get("seconds")
+    for m, r in results.items():
+        if "error" in r:
+            rows.append([builtin, m, "", "", "", "", r["error"]])
+            continue
+        rows.append(
+            [
+                builtin,
+                m,
+                r["samples"],
+                r["seconds"],
+                r["seconds"] / floor,
+                r["peak_rss"] / 1e9,
+                (r["peak_rss"] - size) / 1e9,
+                metric.get(m, ""),
+            ]
+        )
+    g, o = results["glmopt"], results["ort"]
+    if "seconds" in g and "seconds" in o:
+        same = sum(
+            1 for k in g["ranges"] if k in o["ranges"] and np.allclose(g["ranges"][k], o["ranges"][k], rtol=0.02)
+        )
+        print(
+            f"{builtin}: glmopt is {o['seconds'] / g['seconds']:.1f}x faster than ONNX Runtime's entropy "
+            f"calibration; {same}/{len(g['ranges'])} ranges agree within 2%"
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,13 @@ def main() -> None:
     if args.worker:
         return worker(args)
     work = Path(tempfile.mkdtemp(prefix="glmopt-scale-"))
+    try:
+        measure(work, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # about 9 GB of model files
+
+
+def measure(work: Path, args) -> None:
     folder = work / "hf"
     start = time.perf_counter()
     params = build_model(folder, args.layers)

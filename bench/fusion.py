@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 
 from common import exported, latency_ms, max_diff, table
@@ -61,6 +62,7 @@ def main() -> None:
                     "max_diff": max_diff(onnx_path, out, loaded),
                 }
             )
+        shutil.rmtree(onnx_path.parent, ignore_errors=True)  # the export's temporary folder
     keys = list(dict.fromkeys(k for r in results for k in r if k != "fusions"))
     rows = [[r.get(k, "") for k in keys] for r in results]
     print(table(keys, rows))
