@@ -204,7 +204,7 @@ def measure(builtin: str, work: Path, args) -> list[list]:
     floor = results["fp32"].get("seconds")
     for m, r in results.items():
         if "error" in r:
-            rows.append([builtin, m, "", "", "", "", r["error"]])
+            rows.append([builtin, m, "", "", "", "", "", r["error"]])
             continue
         rows.append(
             [
