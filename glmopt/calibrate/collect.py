@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import shutil
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,11 @@ def augmented_model_path(model_path: Path, tensors: list[str], work_dir: Path) -
     return path
 
 
+# Largest batch of activations binned in the background while the next batch runs (so at most about
+# twice this is held at once); a 1B-parameter model's 256-token window is above it and runs serially.
+OVERLAP_MAX_BYTES = 192 * 1024 * 1024
+
+
 def collect_histograms(
     model_path: Path,
     tensors: list[str],
@@ -113,14 +119,31 @@ def collect_histograms(
         path = augmented_model_path(model_path, tensors, scratch)
         session = make_session(path, providers, arena=False)
         input_names = {i.name for i in session.get_inputs()}
-        for feeds in batches:
-            mask = feeds.get("attention_mask")
-            values = session.run(tensors, {k: v for k, v in feeds.items() if k in input_names})
+
+        def fold(values: list[np.ndarray], mask: np.ndarray | None) -> None:
             for name, value in zip(tensors, values, strict=True):
                 hists[name].update(_real_tokens(value, mask))
-            del values
+            values.clear()
             release_freed_memory()
             on_batch()
+
+        # Binning one batch while ONNX Runtime runs the next (both release the GIL) hides most of the
+        # binning time, at the cost of holding two batches of activations: only when that is small.
+        with ThreadPoolExecutor(max_workers=1) as binner:
+            pending = None
+            for feeds in batches:
+                mask = feeds.get("attention_mask")
+                values = session.run(tensors, {k: v for k, v in feeds.items() if k in input_names})
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                if sum(v.nbytes for v in values) <= OVERLAP_MAX_BYTES:
+                    pending = binner.submit(fold, values, mask)
+                else:
+                    fold(values, mask)
+                del values
+            if pending is not None:
+                pending.result()
         del session
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
