@@ -39,7 +39,7 @@ def metric_effects(
     for i, node in enumerate(chosen):
         path = state.quantize(work / f"alone-{i}.onnx", only=[node])
         handle = ModelHandle(kind="onnx", produced_by=f"alone-{i}", torch=evaluator.reference_model, onnx_path=path)
-        result = evaluator.measure(handle, bar, metrics_only=tuple(p.task.metric for p in evaluator.prepared))
+        result = evaluator.measure(handle, bar, latency=False)
         effects.append(
             {
                 "node": node,
@@ -65,11 +65,11 @@ def fallback_search(
     plain_checks = evaluator.budget_checks(plain, "quantize")
     trials: list[dict] = []
     best = {"float_nodes": 0, "checks": plain_checks, "result": plain, "path": None}
-    models: dict[int, Path] = {}
     if not ranking:
         return _summary(trials, best, "no sensitivity ranking: set quantize.sensitivity.tokens above 0", start)
-    steps = sum(p.steps for p in evaluator.prepared) + evaluator.config.latency.warmup + evaluator.config.latency.runs
-    bar = progress(total=config.max_trials * steps, desc=f"fallback (up to {config.max_trials} trials)")
+    bar = progress(
+        total=config.max_trials * evaluator.steps_per_model, desc=f"fallback (up to {config.max_trials} trials)"
+    )
 
     def trial(count: int) -> bool:
         nonlocal best
@@ -91,15 +91,15 @@ def fallback_search(
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         )
-        models[count] = path
         # Best: the smallest overshoot; among models within budget, the one with the fewest float nodes.
+        # Only the best model's files stay on disk.
         if (overshoot(checks), count) < (overshoot(best["checks"]), best["float_nodes"]):
+            loser = best["path"]
             best = {"float_nodes": count, "checks": checks, "result": result, "path": path}
-        for kept, p in list(models.items()):  # only the best model's files stay on disk
-            if p != best["path"]:
-                for f in model_files(p):
-                    f.unlink(missing_ok=True)
-                del models[kept]
+        else:
+            loser = path
+        for f in model_files(loser) if loser is not None else []:
+            f.unlink(missing_ok=True)
         return passed
 
     failing, passing = 0, None  # the plain model (no float nodes) missed the budget

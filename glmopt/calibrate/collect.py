@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import shutil
 from collections.abc import Callable, Iterable
@@ -92,6 +93,23 @@ def augmented_model_path(model_path: Path, tensors: list[str], work_dir: Path) -
     return path
 
 
+@contextlib.contextmanager
+def augmented_session(model_path: Path, tensors: list[str], scratch: Path, providers: list[str], arena: bool = True):
+    """A session on a copy of the model that also outputs `tensors`; its files are removed afterwards.
+
+    The caller drops the session (del) once done with it: it holds the model's weights.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = None
+    try:
+        path = augmented_model_path(model_path, tensors, scratch)
+        yield make_session(path, providers, arena=arena)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if path is not None and path.parent != scratch:
+            path.unlink(missing_ok=True)
+
+
 # Largest batch of activations binned in the background while the next batch runs (so at most about
 # twice this is held at once); a 1B-parameter model's 256-token window is above it and runs serially.
 OVERLAP_MAX_BYTES = 192 * 1024 * 1024
@@ -112,17 +130,12 @@ def collect_histograms(
         for _ in batches:
             on_batch()
         return hists
-    scratch = work_dir / "calibration-model"
-    scratch.mkdir(parents=True, exist_ok=True)
-    path = None
-    try:
-        path = augmented_model_path(model_path, tensors, scratch)
-        session = make_session(path, providers, arena=False)
+    with augmented_session(model_path, tensors, work_dir / "calibration-model", providers, arena=False) as session:
         input_names = {i.name for i in session.get_inputs()}
 
         def fold(values: list[np.ndarray], mask: np.ndarray | None) -> None:
             for name, value in zip(tensors, values, strict=True):
-                hists[name].update(_real_tokens(value, mask))
+                hists[name].update(real_tokens(value, mask))
             values.clear()
             release_freed_memory()
             on_batch()
@@ -144,11 +157,6 @@ def collect_histograms(
                 del values
             if pending is not None:
                 pending.result()
-        del session
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if path is not None and path.parent != scratch:
-            path.unlink(missing_ok=True)
     return hists
 
 
@@ -174,7 +182,7 @@ def release_freed_memory() -> None:
 _LIBC = None
 
 
-def _real_tokens(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+def real_tokens(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Drop padded positions when the tensor is laid out (batch, sequence, ...) like the mask."""
     if mask is None or mask.all() or value.ndim < 2 or value.shape[:2] != mask.shape:
         return value

@@ -11,14 +11,12 @@ the samples look up. Every input is the FP32 model's, so errors of earlier nodes
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from glmopt.calibrate.collect import augmented_model_path
-from glmopt.onnx_utils import make_session
+from glmopt.calibrate.collect import augmented_session, real_tokens
 
 # ONNX Runtime's ranges for the types the QDQ quantizer emits here (quant_utils.get_qmin_qmax_for_qType).
 UINT8_RANGE = (0, 255)
@@ -71,8 +69,7 @@ def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
 
 def _rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Real (unpadded) token rows of an activation, as a 2-D (tokens, features) array."""
-    if mask is not None and value.ndim >= 2 and value.shape[:2] == mask.shape:
-        value = value[mask.astype(bool)]
+    value = real_tokens(value, mask)
     return value.reshape(-1, value.shape[-1]) if value.ndim > 1 else value.reshape(-1, 1)
 
 
@@ -108,25 +105,15 @@ def measure_sensitivity(
             if name and name not in initializers and name not in graph_inputs and name not in wanted:
                 wanted.append(name)
 
-    feeds_list = _first_tokens(batches, max_tokens)
-    scratch = work_dir / "sensitivity-model"
-    scratch.mkdir(parents=True, exist_ok=True)
-    path = None
     activations: dict[str, list[np.ndarray]] = {name: [] for name in [*wanted, *graph_inputs]}
-    try:
-        path = augmented_model_path(model_path, wanted, scratch)
-        session = make_session(path, providers)
-        for feeds in feeds_list:
+    with augmented_session(model_path, wanted, work_dir / "sensitivity-model", providers) as session:
+        for feeds in _first_tokens(batches, max_tokens):
             mask = feeds.get("attention_mask")
             inputs = {k: v for k, v in feeds.items() if k in graph_inputs}
             values = session.run(wanted, inputs) if wanted else []
             for name, value in [*zip(wanted, values, strict=True), *inputs.items()]:
                 activations[name].append(_rows(value, mask))
-        del session
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if path is not None and path.parent != scratch:
-            path.unlink(missing_ok=True)
+    del session  # the FP32 model's weights: not needed while the nodes are scored
     joined = {name: np.concatenate(parts)[:max_tokens] for name, parts in activations.items()}
     del activations
 
@@ -159,15 +146,14 @@ def _first_tokens(batches: list[dict[str, np.ndarray]], max_tokens: int) -> list
 
 
 def _node_sensitivity(node, initializers, weight, activations, ranges, per_channel, symmetric) -> dict | None:
-    attrs = {a.name: a for a in node.attribute}
+    attrs = {a.name: a.i for a in node.attribute}
     if node.op_type == "Gather":
         table_name, ids_name = node.input[0], node.input[1]
         if table_name not in initializers or ids_name not in activations:
             return None
+        ids = activations[ids_name].reshape(-1).astype(np.int64)
         table = weight(table_name)
-        rows = table[activations[ids_name].reshape(-1).astype(np.int64)]
-        quantized = weight_fake_quant(table, None)[activations[ids_name].reshape(-1).astype(np.int64)]
-        score = sqnr_db(rows, quantized)
+        score = sqnr_db(table[ids], weight_fake_quant(table, None)[ids])
         return {
             "node": node.name,
             "op_type": node.op_type,
@@ -176,31 +162,27 @@ def _node_sensitivity(node, initializers, weight, activations, ranges, per_chann
             "activation_sqnr_db": None,
             "weight_sqnr_db": score,
         }
-    if node.op_type not in ("MatMul", "Gemm"):
-        return None
     a_name, b_name = node.input[0], node.input[1]
-    if b_name in initializers and a_name in ranges and a_name in activations:
-        x, w = activations[a_name], weight(b_name)
-        trans_b = node.op_type == "Gemm" and attrs.get("transB") is not None and attrs["transB"].i == 1
-        if trans_b:
-            w = w.T
-        if node.op_type == "Gemm" and attrs.get("transA") is not None and attrs["transA"].i == 1:
-            return None  # a transposed activation has no token rows to sample
-        axis = (0 if trans_b else 1) if per_channel else None
-        wq = weight_fake_quant(w.T if trans_b else w, axis)
-        wq = wq.T if trans_b else wq
-        act_name = a_name
-    else:
-        return None  # weight x activation order or activation x activation: not quantized by this stage
+    # Only activation x constant-weight products are quantized by this stage (and a transposed
+    # activation has no token rows to sample).
+    if node.op_type not in ("MatMul", "Gemm") or attrs.get("transA", 0) == 1:
+        return None
+    if b_name not in initializers or a_name not in ranges or a_name not in activations:
+        return None
+    x, w = activations[a_name], weight(b_name)
     if w.ndim != 2:
         return None
-    scale, zero, qmin, qmax = activation_qparams(*ranges[act_name], symmetric)
+    if attrs.get("transB", 0) == 1:
+        w = w.T
+    # With W laid out (in, out), the output channel is axis 1 whatever the node's own layout.
+    wq = weight_fake_quant(w, 1 if per_channel else None)
+    scale, zero, qmin, qmax = activation_qparams(*ranges[a_name], symmetric)
     xq = fake_quant(x, scale, zero, qmin, qmax)
     y = x @ w
     return {
         "node": node.name,
         "op_type": node.op_type,
-        "activation": act_name,
+        "activation": a_name,
         "sqnr_db": sqnr_db(y, xq @ wq),
         "activation_sqnr_db": sqnr_db(y, xq @ w),
         "weight_sqnr_db": sqnr_db(y, x @ wq),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from html import escape
 
+from glmopt.metrics import HIGHER_IS_BETTER
 from glmopt.report import _mb, drop_text, stage_table, value_text, verdict_line
 from glmopt.report.svg import PALETTE, bar_chart, histogram_plot, scatter, sensitivity_strip
 
@@ -92,8 +93,6 @@ def _stage_section(record: dict) -> list[str]:
         if m in budgets and "reference" in evaluation.get("models", {}):
             ref = evaluation["models"]["reference"]["metrics"][m]["value"]
             limit = budgets[m]["max_drop_pct"] / 100.0
-            from glmopt.metrics import HIGHER_IS_BETTER
-
             bound = ref * (1 - limit) if HIGHER_IS_BETTER[m] else ref * (1 + limit)
             line = (bound, f"budget limit {bound:.4g}")
         plots.append(

@@ -300,7 +300,6 @@ class Evaluator:
         self.providers = ctx.providers
         self.reference_model = ctx.reference
         self.seed = ctx.seed
-        self.progress = ctx.progress
         self.prepared = [
             Prepared(
                 task,
@@ -312,7 +311,9 @@ class Evaluator:
             )
             for i, task in enumerate(config.tasks)
         ]
-        self.raw: dict[str, dict[str, np.ndarray]] = {}
+        # The reference's metrics and per-unit figures: drops and their paired intervals are taken against them.
+        self.reference_metrics: dict[str, dict] | None = None
+        self.reference_raw: dict[str, np.ndarray] = {}
         self._indices: dict[str, np.ndarray] = {}
 
     @property
@@ -324,14 +325,15 @@ class Evaluator:
             self._indices[metric] = bootstrap_indices(n, BOOTSTRAP_RESAMPLES, self.seed)
         return self._indices[metric]
 
-    def measure(self, handle: ModelHandle, bar, metrics_only: tuple[str, ...] | None = None) -> dict:
-        """Metrics with 95% intervals, latency and size of one model; drops against the reference if measured."""
+    def measure(self, handle: ModelHandle, bar, latency: bool = True) -> dict:
+        """Metrics with 95% intervals, size and (unless latency=False) latency of one model.
+
+        The first model measured must be the reference; every later one gets drops against it.
+        """
         runner = Runner(handle, self.providers, self.config.latency.threads)
         metrics, raws = {}, {}
         for p in self.prepared:
             metric = p.task.metric
-            if metrics_only is not None and metric not in metrics_only:
-                continue
             result, raw = p.score(runner, bar)
             result["ci95"] = interval95(p.resampled(raw, self._idx(metric, len(raw))))
             metrics[metric], raws[metric] = result, raw
@@ -340,30 +342,27 @@ class Evaluator:
             "size_bytes": handle_size(handle),
             "metrics": metrics,
         }
-        if metrics_only is None:
+        if latency:
             out["latency"] = measure_latency(runner, handle.loaded, self.config.latency)
             bar.update(self.config.latency.warmup + self.config.latency.runs)
         del runner
         if handle.produced_by == "reference":
-            self.raw["reference"] = raws
+            self.reference_metrics, self.reference_raw = metrics, raws
         out["drop_pct"], out["drop_ci95"] = self.drops(metrics, raws)
         return out
 
     def drops(self, metrics: dict, raws: dict) -> tuple[dict, dict]:
         """Each metric's drop against the reference, and its paired bootstrap 95% interval."""
-        reference = self.raw.get("reference")
-        if reference is None:
-            return {}, {}
         drop, interval = {}, {}
+        if self.reference_metrics is None:
+            return drop, interval
         for p in self.prepared:
             metric = p.task.metric
-            if metric not in metrics:
-                continue
-            ref_value = float(p.resampled(reference[metric], np.arange(len(reference[metric]))[None, :])[0])
-            drop[metric] = relative_drop_pct(metric, ref_value, metrics[metric]["value"])
+            reference = self.reference_raw[metric]
+            drop[metric] = relative_drop_pct(metric, self.reference_metrics[metric]["value"], metrics[metric]["value"])
             idx = self._idx(metric, len(raws[metric]))
             interval[metric] = interval95(
-                relative_drops_pct(metric, p.resampled(reference[metric], idx), p.resampled(raws[metric], idx))
+                relative_drops_pct(metric, p.resampled(reference, idx), p.resampled(raws[metric], idx))
             )
         return drop, interval
 

@@ -286,11 +286,11 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
     lap("search_seconds")
     quantized_nodes = [n.name for n in nodes if not any(i in skipped for i in n.input)]
 
-    sensitivity: list[dict] = []
+    ranking: list[dict] = []  # most sensitive first
     if config.sensitivity.tokens:
         chosen = [n for n in nodes if n.name in set(quantized_nodes)]
         bar = ctx.progress(total=len(chosen), desc=f"sensitivity (SQNR of {len(chosen)} nodes)")
-        sensitivity = measure_sensitivity(
+        in_graph_order = measure_sensitivity(
             model.onnx_path,
             chosen,
             ranges,
@@ -303,13 +303,14 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
             on_node=lambda: bar.update(1),
         )
         bar.close()
+        ranking = ranked(in_graph_order)
         write_json(
             ctx.work_dir / SENSITIVITY_FILE,
             {
                 "tokens": config.sensitivity.tokens,
-                "nodes": ranked(sensitivity),
-                "graph_order": [r["node"] for r in sensitivity],
-                "histograms": worst_histograms(ranked(sensitivity), hists, saved, config),
+                "nodes": ranking,
+                "graph_order": [r["node"] for r in in_graph_order],
+                "histograms": worst_histograms(ranking, hists, saved, config),
             },
         )
         lap("sensitivity_seconds")
@@ -350,12 +351,12 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         "exclude_nodes": list(config.exclude_nodes),
         "timings": timings,
     }
-    if sensitivity:
+    if ranking:
         details["sensitivity"] = {
             "file": SENSITIVITY_FILE,
             "tokens": config.sensitivity.tokens,
-            "nodes": len(sensitivity),
-            "most_sensitive": ranked(sensitivity)[:REPORTED_NODES],
+            "nodes": len(ranking),
+            "most_sensitive": ranking[:REPORTED_NODES],
         }
     handle = ModelHandle(kind="onnx", produced_by="quantize", onnx_path=out, torch=loaded)
     state = QuantizeState(
@@ -363,7 +364,7 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         ranges=ranges,
         quantized_nodes=quantized_nodes,
         config=config,
-        ranking=[r["node"] for r in ranked(sensitivity)],
+        ranking=[r["node"] for r in ranking],
     )
     return StageResult(handle, details, state=state)
 
