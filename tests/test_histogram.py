@@ -76,6 +76,18 @@ def test_range_growth_is_exact_and_independent_of_batch_order():
     assert streamed.counts.sum() == 40_000
 
 
+def test_bins_are_half_open_and_the_range_end_lands_in_the_last_bin():
+    # Values on bin edges, just either side of zero, and at -R and +R: the same counts as NumPy's
+    # histogram over the same edges (half-open bins, the last one closed).
+    h = TensorHistogram(16)
+    edge = np.float32(0.25)  # R = 2, 16 bins: each bin 0.25 wide
+    values = np.array([-2.0, -edge, -1e-30, 0.0, 1e-30, edge, 1.999, 2.0, 2.0, -0.3, 0.3], dtype=np.float32)
+    h.update(values)
+    assert h.half_range == 2.0
+    expected, _ = np.histogram(values, bins=h.edges)
+    np.testing.assert_array_equal(h.counts, expected)
+
+
 def test_merge_equals_streaming():
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=5000), rng.normal(scale=9, size=5000)

@@ -64,15 +64,21 @@ class TensorHistogram:
         if self.half_range == 0.0:  # all zeros so far: they belong to the bin right of zero
             self.counts[self.num_bins // 2] += x.size
             return
-        # R and num_bins are powers of two, so x * scale is exact in float32 and its
-        # floor is the exact bin offset from zero: every range gives bins that fold exactly.
-        scale = np.float32(self.num_bins / (2.0 * self.half_range))
-        position = x * scale
-        np.floor(position, out=position)
-        index = position.astype(np.intp)
-        index += self.num_bins // 2
-        np.clip(index, 0, self.num_bins - 1, out=index)
-        self.counts += np.bincount(index, minlength=self.num_bins)
+        # R and num_bins are powers of two, so x * scale is exact in float32 and its floor is the
+        # exact bin offset from zero: every range gives bins that fold exactly. Every |x| <= R, so the
+        # only index past the end is x == R, counted in an extra slot and folded into the last bin.
+        # torch rather than NumPy: its int32 bincount takes half the time of NumPy's (which first
+        # converts to int64), and binning is the largest cost of calibration after inference itself.
+        import torch
+
+        scale = float(self.num_bins / (2.0 * self.half_range))
+        with torch.inference_mode():
+            # (torch warns on read-only arrays though nothing here writes to x: copy those, rarely needed)
+            position = torch.mul(torch.from_numpy(x if x.flags.writeable else x.copy()), scale)
+            position.floor_().add_(self.num_bins // 2)
+            counts = torch.bincount(position.to(torch.int32), minlength=self.num_bins + 1).numpy()
+        counts[self.num_bins - 1] += counts[self.num_bins]
+        self.counts += counts[: self.num_bins]
 
     def merge(self, other: TensorHistogram) -> None:
         """Add another histogram of the same tensor (e.g. from another worker)."""
