@@ -9,14 +9,13 @@ process so that peak RSS is its own:
 Then both sets of ranges quantize the same graph and the INT8 models are evaluated (perplexity on news
 text for the GLM, Lee Spearman for MiniLM).
 
-    python bench/calibration.py [--models smollm2-glm all-minilm-l6-v2] [--samples N]
+    python bench/calibration.py [--models smollm2-glm all-minilm-l6-v2] [--samples N] [--methods fp32 glmopt ort]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO_ROOT, exported, table
+from common import REPO_ROOT, exported, peak_rss_bytes, table
 
 CALIBRATION = {
     "smollm2-glm": "calibration/wikipedia-64x256.yaml",
@@ -33,6 +32,7 @@ CALIBRATION = {
 }
 
 BATCH = {"smollm2-glm": 1, "all-minilm-l6-v2": 8}
+METHODS = ("fp32", "glmopt", "ort")
 
 
 def batches_for(builtin: str, samples: int | None):
@@ -105,7 +105,7 @@ def worker(method: str, builtin: str, model_path: Path, samples: int | None, out
         data = calibrator.compute_data()
         ranges = {n: [float(data[n].range_value[0]), float(data[n].range_value[1])] for n in tensors if n in data}
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     out.write_text(json.dumps({"seconds": seconds, "peak_rss": peak, "ranges": ranges, "samples": len(batches)}))
 
 
@@ -164,6 +164,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=["smollm2-glm", "all-minilm-l6-v2"])
     parser.add_argument("--samples", type=int, default=None, help="override the calibration set's sample count")
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="fp32 (the floor) is always measured"
+    )
     parser.add_argument("--worker")
     parser.add_argument("--model-path")
     parser.add_argument("--out")
@@ -188,11 +191,12 @@ def measure(builtin: str, work: Path, args) -> list[list]:
     rows: list[list] = []
     loaded, model_path, _ = exported(builtin, work)
     size = model_path.stat().st_size
-    results = {m: run_worker(m, builtin, model_path, args.samples, work) for m in ("fp32", "glmopt", "ort")}
+    methods = ["fp32", *[m for m in args.methods if m != "fp32"]]
+    results = {m: run_worker(m, builtin, model_path, args.samples, work) for m in methods}
     metric, raws = {}, {}
     prepared = None
     for m in ("glmopt", "ort"):
-        if "ranges" in results[m]:
+        if "ranges" in results.get(m, {}):
             metric[m], raws[m], prepared = evaluate_ranges(builtin, model_path, results[m]["ranges"], work, m)
     if len(raws) == 2:
         diff, (lo, hi) = paired_difference(prepared, raws["glmopt"], raws["ort"])
@@ -218,7 +222,7 @@ def measure(builtin: str, work: Path, args) -> list[list]:
                 metric.get(m, ""),
             ]
         )
-    g, o = results["glmopt"], results["ort"]
+    g, o = results.get("glmopt", {}), results.get("ort", {})
     if "seconds" in g and "seconds" in o:
         same = sum(
             1 for k in g["ranges"] if k in o["ranges"] and np.allclose(g["ranges"][k], o["ranges"][k], rtol=0.02)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, table
+from common import REPO_ROOT, peak_rss_bytes, table
 
 
 def build_model(folder: Path, layers: int) -> int:
@@ -124,8 +124,6 @@ def measure(work: Path, args) -> None:
 
 
 def worker(args) -> None:
-    import resource
-
     sys.path.insert(0, str(REPO_ROOT))
     from glmopt.models import load_model
 
@@ -173,7 +171,7 @@ def worker(args) -> None:
             collect_histograms(model_path, tensors, batches, 2048, ["CPUExecutionProvider"], model_path.parent)
         result["samples"] = len(batches)
     result["seconds"] = time.perf_counter() - start
-    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss"] = peak_rss_bytes()
     Path(args.out).write_text(json.dumps(result))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from glmopt import __version__
 from glmopt.errors import InputError, PublishError
-from glmopt.fileutil import sha256_file, write_json
+from glmopt.fileutil import hidden_prefix, remove_abandoned, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "numpy", "datasets")
@@ -110,7 +110,9 @@ def start_version(artifacts_dir: Path, name: str) -> Staging:
         raise InputError(f"artifact name '{name}' would leave the artifacts folder {artifacts_dir}")
     try:
         name_dir.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=".staging-", dir=name_dir))
+        # What killed builds left behind (a staging or work folder whose process is gone) goes first.
+        remove_abandoned(name_dir, ("staging", "work"))
+        path = Path(tempfile.mkdtemp(prefix=hidden_prefix("staging"), dir=name_dir))
     except OSError as exc:
         raise PublishError(f"{artifacts_dir}: cannot write artifacts there ({exc.strerror})") from None
     return Staging(name_dir, path)

@@ -17,6 +17,7 @@ from glmopt import __version__
 from glmopt.errors import GateFailed, GlmoptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Optimize Hugging Face models into ONNX artifacts.")
+CACHE_DIR_OPTION = typer.Option(None, "--cache-dir", help="stage cache folder [default: ARTIFACTS_DIR/.cache/stages]")
 
 
 def _emit_json(data: dict) -> None:
@@ -48,13 +49,18 @@ def build(
     artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="where versions are published"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last line of stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="run every stage, neither reading nor writing the cache"),
+    cache_dir: Path = CACHE_DIR_OPTION,
 ) -> None:
-    """Run a recipe's stages and publish a new artifact version with its report."""
+    """Run a recipe's stages and publish a new artifact version with its report.
+
+    Stages whose settings and input match an earlier build come from the stage cache.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
     from glmopt.pipeline import build as run_build
 
     try:
-        outcome = run_build(recipe, artifacts_dir, show_progress=not quiet)
+        outcome = run_build(recipe, artifacts_dir, show_progress=not quiet, use_cache=not no_cache, cache_dir=cache_dir)
     except GateFailed as exc:
         outcome = exc.outcome
         typer.echo(f"budget missed: {exc}; artifact written to {outcome.artifact} with status budget-missed", err=True)
@@ -85,12 +91,9 @@ def validate(
     try:
         loaded = load_recipe(recipe)
         if loaded.recipe.model.path is not None:  # built-in models are prepared on first build, not here
-            folder = (loaded.base_dir / loaded.recipe.model.path).resolve()
-            if not folder.is_dir():
-                from glmopt.errors import InputError
+            from glmopt.pipeline import resolve_source
 
-                raise InputError(f"{recipe}: model.path: folder {folder} does not exist")
-            preflight(loaded, folder)
+            preflight(loaded, resolve_source(loaded))
         else:
             from glmopt.pipeline import preflight_without_model
 
@@ -102,6 +105,46 @@ def validate(
         _emit_json({"recipe": str(recipe), "valid": True, "name": loaded.recipe.name, "stages": stages})
     else:
         typer.echo(f"{recipe}: valid ({' -> '.join(stages)})")
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the stage cache.")
+app.add_typer(cache_app, name="cache")
+
+
+def _stage_cache(artifacts_dir: Path, cache_dir: Path | None):
+    from glmopt.cache import StageCache
+
+    return StageCache(cache_dir or artifacts_dir / ".cache" / "stages")
+
+
+@cache_app.command("list")
+def cache_list(
+    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="the artifacts folder"),
+    cache_dir: Path = CACHE_DIR_OPTION,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Every cache entry: stage, size, and the seconds it saves."""
+    rows = _stage_cache(artifacts_dir, cache_dir).entries()
+    if as_json:
+        _emit_json({"entries": rows, "bytes": sum(r["bytes"] for r in rows)})
+        return
+    for r in rows:
+        typer.echo(f"{r['key'][:16]}  {r['stage'] or 'unreadable'}  {r['bytes'] / 1e6:.1f} MB  {r.get('seconds')} s")
+    typer.echo(f"{len(rows)} entries, {sum(r['bytes'] for r in rows) / 1e6:.1f} MB")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="the artifacts folder"),
+    cache_dir: Path = CACHE_DIR_OPTION,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Remove every cache entry (published artifacts are not touched)."""
+    removed = _stage_cache(artifacts_dir, cache_dir).clear()
+    if as_json:
+        _emit_json({"removed": removed})
+    else:
+        typer.echo(f"removed {removed} cache entries")
 
 
 artifacts_app = typer.Typer(no_args_is_help=True, help="List, show and verify published artifacts.")

@@ -143,7 +143,9 @@ def load_rows(source: DataSource, base_dir: Path, required: tuple[str, ...], whe
         files = [(base_dir / f).resolve() for f in source.files or []]
         for f in files:
             if not f.is_file():
-                raise InputError(f"{where}.files: {f} does not exist")
+                raise InputError(f"{where}.files: {f} {'is a folder, not a file' if f.is_dir() else 'does not exist'}")
+            if f.stat().st_size == 0:
+                raise InputError(f"{where}.files: {f} is empty")
         fmt = source.format or _infer_format(files)
 
     import datasets

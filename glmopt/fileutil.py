@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +54,39 @@ def staging_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def hidden_prefix(kind: str) -> str:
+    """Name prefix of a hidden work folder owned by this process: `.<kind>-<host>-<pid>-`."""
+    return f".{kind}-{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_abandoned(folder: Path, kinds: tuple[str, ...]) -> list[Path]:
+    """Remove hidden work folders left by killed processes of this host (their PID no longer runs).
+
+    Folders of other hosts (a shared artifacts folder) or of running processes are left alone.
+    """
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    host = socket.gethostname()
+    for path in folder.iterdir():
+        for kind in kinds:
+            prefix = f".{kind}-{host}-"
+            if not path.name.startswith(prefix):
+                continue
+            pid = path.name[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and not _running(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glmopt.artifacts import host_info, now_utc, start_version, tool_versions
-from glmopt.calibrate.dataset import load_calibration_file
-from glmopt.data import load_rows
+from glmopt.cache import CachedStage, StageCache, chain_key, hidden_prefix
+from glmopt.calibrate.dataset import check_document_count, load_calibration_file, resolve_calibration
+from glmopt.data import load_rows, rows_digest
 from glmopt.errors import GateFailed, GlmoptError, InputError, PublishError, StageError
 from glmopt.fileutil import sha256_bytes, sha256_file, write_json
 from glmopt.models import ARCHITECTURES, SERVING_FILES, load_model, read_model_type
@@ -22,7 +23,7 @@ from glmopt.models.builtin import BUILTIN_MODELS, resolve_builtin
 from glmopt.onnx_utils import default_providers, model_files, model_size
 from glmopt.recipe import LoadedRecipe, check_task_metrics, load_recipe
 from glmopt.report import write_reports
-from glmopt.stages import STAGES, ModelHandle, StageContext
+from glmopt.stages import STAGES, ModelHandle, StageContext, StageResult
 from glmopt.stages.evaluate import TASK_COLUMNS, EvaluateConfig, Evaluator
 from glmopt.stages.quantize import QuantizeState
 from glmopt.tuning import fallback_search, glob_literal, metric_effects
@@ -61,7 +62,8 @@ def resolve_source(loaded: LoadedRecipe) -> Path:
         return resolve_builtin(source.builtin)
     folder = (loaded.base_dir / source.path).resolve()
     if not folder.is_dir():
-        raise InputError(f"{loaded.path}: model.path: folder {folder} does not exist")
+        what = "is a file, not a model folder" if folder.exists() else "does not exist"
+        raise InputError(f"{loaded.path}: model.path: folder {folder} {what}")
     return folder
 
 
@@ -90,9 +92,11 @@ def _preflight(loaded: LoadedRecipe, model_type: str) -> str:
             if isinstance(cal, str):
                 cal_path = (loaded.base_dir / cal).resolve()
                 if not cal_path.is_file():
-                    raise InputError(f"{cal_where}: file {cal_path} does not exist")
+                    what = "is a folder, not a calibration set file" if cal_path.is_dir() else "does not exist"
+                    raise InputError(f"{cal_where}: file {cal_path} {what}")
                 cal, cal_base, cal_where = load_calibration_file(cal_path), cal_path.parent, str(cal_path)
             rows = load_rows(cal.data, cal_base, ("text",), f"{cal_where}: data")
+            check_document_count(cal, [r["text"] for r in rows], cal_where)
             calibration_texts |= {r["text"] for r in rows}
         if isinstance(stage, EvaluateConfig):
             for j, task_config in enumerate(stage.tasks):
@@ -125,7 +129,10 @@ def build(
     artifacts_dir: Path,
     show_progress: bool = True,
     work_root: Path | None = None,
+    use_cache: bool = True,
+    cache_dir: Path | None = None,
 ) -> BuildOutcome:
+    """Build a recipe into a new artifact version; stages found in the stage cache are not rerun."""
     loaded = load_recipe(recipe_path)
     recipe = loaded.recipe
     folder = resolve_source(loaded)
@@ -135,9 +142,10 @@ def build(
 
     artifacts_dir = artifacts_dir.resolve()
     staging = start_version(artifacts_dir, recipe.name)
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=work_root or staging.name_dir))
+    work = Path(tempfile.mkdtemp(prefix=hidden_prefix("work"), dir=work_root or staging.name_dir))
+    cache = StageCache((cache_dir or artifacts_dir / ".cache" / "stages").resolve()) if use_cache else None
     try:
-        return _run(loaded, folder, staging, work, progress, providers)
+        return _run(loaded, folder, staging, work, progress, providers, cache)
     except OSError as exc:  # stage I/O errors are StageErrors by now: this is writing the artifact itself
         staging.discard()
         raise PublishError(f"{artifacts_dir}: could not write the artifact ({exc.strerror or exc})") from None
@@ -164,8 +172,30 @@ def _guarded(name: str, call):
         raise StageError(name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
-def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, providers) -> BuildOutcome:
+def _data_digest(config, base_dir: Path) -> str:
+    """Hash of the data a stage's settings point at (the calibration text), for its cache key."""
+    calibration = getattr(config, "calibration", None)
+    if calibration is None:
+        return ""
+    cal, cal_base = resolve_calibration(calibration, base_dir)
+    rows = load_rows(cal.data, cal_base, ("text",), "calibration.data")
+    return sha256_bytes((cal.model_dump_json() + rows_digest(rows)).encode())
+
+
+def _from_cache(spec, config, cached: CachedStage, stage_dir: Path, current: ModelHandle) -> StageResult:
+    model = None
+    if cached.model_file is not None:
+        path = stage_dir / cached.model_file
+        model = ModelHandle(kind="onnx", produced_by=spec.name, onnx_path=path, torch=current.torch)
+    state = spec.load_state(cached.state, config, current) if spec.load_state and cached.state is not None else None
+    return StageResult(model, cached.details, state=state)
+
+
+def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, providers, cache) -> BuildOutcome:
     recipe = loaded.recipe
+    source_sha256 = _source_hash(folder)
+    # The first stage's input is the source model as this recipe loads it.
+    key = sha256_bytes(f"{source_sha256}|{recipe.model.task}|{recipe.model.trust_remote_code}".encode())
     t0 = time.perf_counter()
     reference = load_model(folder, task=recipe.model.task, trust_remote_code=recipe.model.trust_remote_code)
     load_seconds = time.perf_counter() - t0
@@ -189,15 +219,36 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
             seed=recipe.seed,
             progress=progress,
             records=records,
+            location=f"{loaded.path}: stages[{index}]",
         )
+        # (preflight has read the same data, so the digest cannot fail on a user mistake)
+        digest = _data_digest(config, loaded.base_dir)
+        key = chain_key(key, spec.name, config.model_dump(mode="json"), digest, providers, recipe.seed)
+        use_cache = cache is not None and spec.cached
         start = time.perf_counter()
-        result = _guarded(spec.name, lambda: spec.run(config, ctx, current))  # noqa: B023 (called at once)
+        cached = _guarded("cache", lambda: cache.restore(key, stage_dir)) if use_cache else None  # noqa: B023
+        if cached is not None:
+            result = _from_cache(spec, config, cached, stage_dir, current)
+        else:
+            result = _guarded(spec.name, lambda: spec.run(config, ctx, current))  # noqa: B023 (called at once)
         seconds = time.perf_counter() - start
         entry = {"name": spec.name, "status": "ok", "seconds": round(seconds, 2), "details": result.details}
+        if use_cache:
+            entry["cache"] = {"status": "hit" if cached else "stored", "key": key}
+            if cached:
+                entry["cache"]["original_seconds"] = cached.seconds
         if result.model is not None:
             current = result.model
             history.append(current)
             entry["size_bytes"] = model_size(current.onnx_path) if current.kind == "onnx" else None
+            if current.kind == "onnx":
+                rel = current.onnx_path.relative_to(stage_dir).as_posix()
+                if cached is None and use_cache:
+                    state = spec.save_state(result.state) if spec.save_state and result.state is not None else None
+                    files = cache.store(key, spec.name, stage_dir, result.details, state, rel, round(seconds, 2))
+                else:
+                    files = cached.files if cached else {}
+                entry["output_sha256"] = files[rel]["sha256"] if rel in files else sha256_file(current.onnx_path)
         else:
             evaluation = result.details
         records[spec.name] = result.details
@@ -250,7 +301,7 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
             "source": source_desc,
             "model_type": reference.arch.model_type,
             "task": reference.arch.task,
-            "sha256": _source_hash(folder),
+            "sha256": source_sha256,
         },
         "recipe": {"file": str(loaded.path), "sha256": sha256_bytes(loaded.text.encode()), "text": loaded.text},
         "tools": tool_versions(),
@@ -280,7 +331,7 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
             "evaluation": evaluation["data"] if evaluation else {},
         },
         "metrics": final_metrics,
-        "stages": [{"name": s["name"], "seconds": s["seconds"], "status": s["status"]} for s in stage_log],
+        "stages": [_lineage(s) for s in stage_log],
     }
     version, path = staging.publish(manifest, finalize)
     from glmopt.report import verdict_line
@@ -288,7 +339,7 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
     outcome = BuildOutcome(
         artifact=path,
         version=version,
-        stages=[{"name": s["name"], "seconds": s["seconds"], "status": s["status"]} for s in stage_log],
+        stages=[_lineage(s) for s in stage_log],
         metrics=final_metrics,
         within_budget=within,
         verdict=verdict_line(record),
@@ -299,6 +350,19 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
 
 
 FALLBACK_FILE = "fallback.json"
+
+
+def _lineage(entry: dict) -> dict:
+    """A stage's row in the manifest: what it produced (hash), in how long, and whether from the cache."""
+    row = {"name": entry["name"], "status": entry["status"], "seconds": entry["seconds"]}
+    for field_name in ("output_sha256", "size_bytes"):
+        if entry.get(field_name) is not None:
+            row[field_name] = entry[field_name]
+    if "cache" in entry:
+        row["cache"] = entry["cache"]["status"]
+        if "original_seconds" in entry["cache"]:
+            row["original_seconds"] = entry["cache"]["original_seconds"]
+    return row
 
 
 def _sensitivity(work: Path, stage_log: list[dict]) -> dict | None:

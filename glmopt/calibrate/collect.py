@@ -95,7 +95,9 @@ def augmented_model_path(model_path: Path, tensors: list[str], work_dir: Path) -
     # Protobuf merges a message's repeated fields when two encodings are concatenated, so the original
     # bytes followed by a model holding only the new graph outputs parse as the augmented model:
     # no re-serialization of the weights (a third of the calibration time on a small model).
-    path.write_bytes(data + extra.SerializeToString())
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.write(extra.SerializeToString())
     return path
 
 

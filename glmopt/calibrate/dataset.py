@@ -48,6 +48,13 @@ def resolve_calibration(calibration: str | CalibrationSet, base_dir: Path) -> tu
     return load_calibration_file(path), path.parent
 
 
+def calibration_where(calibration: str | CalibrationSet, base_dir: Path, location: str, stage: str) -> str:
+    """How errors name a calibration set: its own file, or the recipe field that holds it inline."""
+    if isinstance(calibration, str):
+        return str((base_dir / calibration).resolve())
+    return f"{location}.calibration" if location else f"{stage}.calibration"
+
+
 def _windows(texts: list[str], tokenizer, cal: CalibrationSet, where: str) -> list[list[int]]:
     needed = cal.num_samples * cal.sequence_length
     separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -66,9 +73,15 @@ def _windows(texts: list[str], tokenizer, cal: CalibrationSet, where: str) -> li
     return [stream[i * n : (i + 1) * n] for i in range(cal.num_samples)]
 
 
+def check_document_count(cal: CalibrationSet, texts: list[str], where: str) -> None:
+    """One sample per document: enough non-empty documents, known before any model work."""
+    documents = sum(1 for t in texts if t.strip())
+    if cal.packing == "document" and documents < cal.num_samples:
+        raise InputError(f"{where}: the data holds {documents} documents; num_samples asks for {cal.num_samples}")
+
+
 def _documents(texts: list[str], tokenizer, cal: CalibrationSet, where: str) -> list[list[int]]:
-    if len(texts) < cal.num_samples:
-        raise InputError(f"{where}: the data holds {len(texts)} documents; num_samples asks for {cal.num_samples}")
+    check_document_count(cal, texts, where)
     return [
         tokenizer(t, truncation=True, max_length=cal.sequence_length)["input_ids"] for t in texts[: cal.num_samples]
     ]

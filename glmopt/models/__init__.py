@@ -43,6 +43,8 @@ def read_model_type(folder: Path) -> str:
         model_type = json.loads(config_path.read_text()).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{config_path}: not valid JSON ({exc})") from None
+    if model_type is None:
+        raise InputError(f"{config_path}: no 'model_type'; expected one of {sorted(ARCHITECTURES)}")
     if model_type not in ARCHITECTURES:
         raise InputError(
             f"{config_path}: model_type '{model_type}' is not supported; expected one of {sorted(ARCHITECTURES)}"
@@ -51,8 +53,14 @@ def read_model_type(folder: Path) -> str:
 
 
 def check_safetensors(folder: Path) -> None:
-    """Refuse folders whose only weights are pickles: loading them could run arbitrary code."""
-    if any(folder.glob("*.safetensors")):
+    """Refuse folders whose only weights are pickles (loading them could run arbitrary code) or whose
+    safetensors files are not whole (a cut download): each file's header must parse and its tensors fit."""
+    weights = sorted(folder.glob("*.safetensors"))
+    for path in weights:
+        problem = _safetensors_problem(path)
+        if problem:
+            raise InputError(f"{path}: not a valid safetensors file ({problem}); copy or convert the weights again")
+    if weights:
         return
     pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
     if pickles:
@@ -61,6 +69,29 @@ def check_safetensors(folder: Path) -> None:
             "(convert with `model.save_pretrained(dir, safe_serialization=True)`)"
         )
     raise InputError(f"{folder}: no model weights (*.safetensors) found")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's framing, read from its header alone (no weights loaded)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than the 8-byte header length"
+        header_len = int.from_bytes(head, "little")
+        if header_len > size - 8:
+            return f"header of {header_len} bytes in a file of {size}"
+        try:
+            header = json.loads(fh.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "header is not JSON"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    needed = 8 + header_len + max(ends, default=0)
+    if needed > size:
+        return f"truncated: the tensors need {needed} bytes, the file has {size}"
+    return None
 
 
 def load_model(folder: Path, task: Task | None = None, trust_remote_code: bool = False) -> LoadedModel:
@@ -76,8 +107,11 @@ def load_model(folder: Path, task: Task | None = None, trust_remote_code: bool =
             folder, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
         )
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{folder}: could not load model: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "tokenizer" in first.lower():
+            first = "no usable tokenizer (tokenizer.json, or tokenizer.model / vocab files)"
+        raise InputError(f"{folder}: could not load model: {first}") from None
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -13,12 +13,22 @@ def _mb(size: int | None) -> str:
     return "" if size is None else f"{size / 1e6:.1f} MB"
 
 
+def seconds_text(row: dict) -> str:
+    """A stage row's time; a stage taken from the cache shows what it took when it ran."""
+    if row["seconds"] is None:
+        return ""
+    if row.get("cached_from_seconds") is not None:
+        return f"{row['seconds']:.1f} (cached; ran in {row['cached_from_seconds']:.1f})"
+    return f"{row['seconds']:.1f}"
+
+
 def stage_table(record: dict) -> list[dict]:
     """One row per model: the reference and each stage that produced one, with its figures."""
     evaluation = record.get("evaluation") or {}
     results = evaluation.get("models", {})
     seconds = {s["name"]: s["seconds"] for s in record["stages"]}
     sizes = {s["name"]: s.get("size_bytes") for s in record["stages"]}
+    cached = {s["name"]: s["cache"].get("original_seconds") for s in record["stages"] if "cache" in s}
     rows = []
     for name in MODEL_ROWS:
         if name != "reference" and name not in seconds:
@@ -28,6 +38,7 @@ def stage_table(record: dict) -> list[dict]:
             {
                 "stage": name,
                 "seconds": seconds.get(name, record.get("load_seconds")),
+                "cached_from_seconds": cached.get(name),
                 "size_bytes": result.get("size_bytes", sizes.get(name)),
                 "latency_ms": (result.get("latency") or {}).get("median_ms"),
                 "latency_p10_p90_ms": [
@@ -98,7 +109,7 @@ def render_markdown(record: dict) -> str:
     for r in rows:
         cells = [
             r["stage"],
-            "" if r["seconds"] is None else f"{r['seconds']:.1f}",
+            seconds_text(r),
             _mb(r["size_bytes"]),
             "" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}",
         ]
@@ -129,7 +140,8 @@ def render_markdown(record: dict) -> str:
     lines += ["", "## Stages", ""]
     for s in record["stages"]:
         details = {k: v for k, v in s.get("details", {}).items() if k != "models"}
-        lines.append(f"- **{s['name']}** ({s['status']}, {s['seconds']:.1f} s): " + _short(details))
+        origin = " from the stage cache" if s.get("cache", {}).get("status") == "hit" else ""
+        lines.append(f"- **{s['name']}** ({s['status']}, {s['seconds']:.1f} s{origin}): " + _short(details))
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ import json
 from html import escape
 
 from glmopt.metrics import HIGHER_IS_BETTER
-from glmopt.report import _mb, drop_text, stage_table, value_text, verdict_line
+from glmopt.report import _mb, drop_text, seconds_text, stage_table, value_text, verdict_line
 from glmopt.report.svg import PALETTE, bar_chart, histogram_plot, scatter, sensitivity_strip
 
 STYLE = """
@@ -59,7 +59,7 @@ def _stage_section(record: dict) -> list[str]:
             latency += f" ({spread[0]:.1f}-{spread[1]:.1f})"
         cells = [
             escape(r["stage"]),
-            "" if r["seconds"] is None else f"{r['seconds']:.1f}",
+            escape(seconds_text(r)),
             _mb(r["size_bytes"]),
             latency,
         ]

@@ -35,6 +35,7 @@ class StageContext:
     seed: int
     progress: Callable[..., Any]  # progress(total=N, desc=...) -> tqdm-like bar
     records: dict[str, dict] = field(default_factory=dict)  # details of the stages that ran so far
+    location: str = ""  # where the stage stands, for errors: "<recipe file>: stages[2]"
 
 
 @dataclass

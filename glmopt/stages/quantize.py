@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from glmopt.calibrate.collect import activation_inputs, collect_histograms, matches, select_nodes
-from glmopt.calibrate.dataset import CalibrationSet, calibration_batches, resolve_calibration
+from glmopt.calibrate.dataset import CalibrationSet, calibration_batches, calibration_where, resolve_calibration
 from glmopt.calibrate.histogram import compact_histogram, entropy_range, minmax_range, percentile_range
 from glmopt.calibrate.sensitivity import measure_sensitivity, ranked
 from glmopt.errors import StageError
@@ -236,7 +236,7 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
 
     assert model.onnx_path is not None
     loaded = model.loaded
-    where = "quantize.calibration"
+    where = calibration_where(config.calibration, ctx.base_dir, ctx.location, "quantize")
     clock = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -393,6 +393,25 @@ class QuantizeState:
             return dst
         quantize_with_ranges(self.source, dst, self.ranges, nodes, self.config)
         return dst
+
+
+def save_state(state: QuantizeState) -> dict:
+    return {
+        "ranges": {k: list(v) for k, v in state.ranges.items()},
+        "quantized_nodes": state.quantized_nodes,
+        "ranking": state.ranking,
+    }
+
+
+def load_state(saved: dict, config: QuantizeConfig, model: ModelHandle) -> QuantizeState:
+    """The state of a cached run; `model` is this run's input, the float model fallback re-quantizes."""
+    return QuantizeState(
+        source=model.onnx_path,
+        ranges={k: (float(v[0]), float(v[1])) for k, v in saved["ranges"].items()},
+        quantized_nodes=list(saved["quantized_nodes"]),
+        config=config,
+        ranking=list(saved["ranking"]),
+    )
 
 
 def worst_histograms(ranking: list[dict], hists: dict, saved: dict, config: QuantizeConfig) -> dict:
