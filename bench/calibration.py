@@ -10,6 +10,10 @@ Then both sets of ranges quantize the same graph and the INT8 models are evaluat
 text for the GLM, Lee Spearman for MiniLM).
 
     python bench/calibration.py [--models smollm2-glm all-minilm-l6-v2] [--samples N] [--methods fp32 glmopt ort]
+                                [--repeat 3]
+
+fp32 and glmopt run --repeat times, interleaved, and the table gives the median and the spread: on a
+shared 2-core machine one run of either can be 30% off. ONNX Runtime's calibrator runs once.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -164,6 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=["smollm2-glm", "all-minilm-l6-v2"])
     parser.add_argument("--samples", type=int, default=None, help="override the calibration set's sample count")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of fp32 and glmopt, interleaved (median)")
     parser.add_argument(
         "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="fp32 (the floor) is always measured"
     )
@@ -181,9 +187,45 @@ def main() -> None:
             rows += measure(builtin, work, args)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    headers = ["model", "method", "batches", "seconds", "x fp32", "peak RSS GB", "RSS - model GB", "INT8 metric"]
+    headers = [
+        "model",
+        "method",
+        "batches",
+        "runs",
+        "seconds, median (min-max)",
+        "x fp32",
+        "peak RSS GB",
+        "RSS - model GB",
+        "INT8 metric",
+    ]
     print(table(headers, rows))
     print("metric: perplexity on 4096 news tokens (lower is better) / Lee Spearman (higher is better)")
+
+
+def repeated(methods: list[str], repeat: int, run) -> dict[str, dict]:
+    """Each method `repeat` times, interleaved (fp32, glmopt, ..., fp32, glmopt, ...) so that a busy
+    moment of a shared machine hits every method alike; seconds is the median, with the min-max spread."""
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for i in range(repeat):
+        for m in methods:
+            if m == "ort" and i > 0:  # minutes per run, and a ratio of 25-100x needs no median
+                continue
+            runs[m].append(run(m))
+    results = {}
+    for m, got in runs.items():
+        ok = [r for r in got if "error" not in r]
+        if not ok:
+            results[m] = got[0]
+            continue
+        seconds = sorted(r["seconds"] for r in ok)
+        results[m] = {
+            **ok[0],
+            "seconds": statistics.median(seconds),
+            "spread": (seconds[0], seconds[-1]),
+            "runs": len(ok),
+            "peak_rss": max(r["peak_rss"] for r in ok),
+        }
+    return results
 
 
 def measure(builtin: str, work: Path, args) -> list[list]:
@@ -192,7 +234,7 @@ def measure(builtin: str, work: Path, args) -> list[list]:
     loaded, model_path, _ = exported(builtin, work)
     size = model_path.stat().st_size
     methods = ["fp32", *[m for m in args.methods if m != "fp32"]]
-    results = {m: run_worker(m, builtin, model_path, args.samples, work) for m in methods}
+    results = repeated(methods, args.repeat, lambda m: run_worker(m, builtin, model_path, args.samples, work))
     metric, raws = {}, {}
     prepared = None
     for m in ("glmopt", "ort"):
@@ -208,14 +250,15 @@ def measure(builtin: str, work: Path, args) -> list[list]:
     floor = results["fp32"].get("seconds")
     for m, r in results.items():
         if "error" in r:
-            rows.append([builtin, m, "", "", "", "", "", r["error"]])
+            rows.append([builtin, m, "", "", "", "", "", "", r["error"]])
             continue
         rows.append(
             [
                 builtin,
                 m,
                 r["samples"],
-                r["seconds"],
+                r["runs"],
+                f"{r['seconds']:.4g} ({r['spread'][0]:.4g}-{r['spread'][1]:.4g})",
                 r["seconds"] / floor,
                 r["peak_rss"] / 1e9,
                 (r["peak_rss"] - size) / 1e9,
