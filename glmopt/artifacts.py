@@ -126,6 +126,23 @@ def read_manifest(version_dir: Path) -> dict:
     return json.loads((version_dir / MANIFEST).read_text())
 
 
+def version_row(name: str, version: int, path: str, read) -> dict:
+    """A version's line in a listing: status and headline metrics from its manifest (`read()`)."""
+    try:
+        manifest = read()
+    except (OSError, ValueError):
+        return {"name": name, "version": version, "status": "unreadable", "path": path}
+    metrics = {k: v for k, v in manifest.get("metrics", {}).items() if isinstance(v, int | float)}
+    return {
+        "name": name,
+        "version": version,
+        "status": manifest.get("status"),
+        "created": manifest.get("created"),
+        "metrics": metrics,
+        "path": path,
+    }
+
+
 def list_versions(artifacts_dir: Path, name: str | None = None) -> list[dict]:
     """Every published version (oldest first), with its status and headline metrics."""
     if not artifacts_dir.is_dir():
@@ -135,22 +152,7 @@ def list_versions(artifacts_dir: Path, name: str | None = None) -> list[dict]:
     for n in names:
         for version in versions_of(artifacts_dir / n):
             folder = artifacts_dir / n / str(version)
-            try:
-                manifest = read_manifest(folder)
-            except (OSError, ValueError):
-                rows.append({"name": n, "version": version, "status": "unreadable", "path": str(folder)})
-                continue
-            metrics = {k: v for k, v in manifest.get("metrics", {}).items() if isinstance(v, int | float)}
-            rows.append(
-                {
-                    "name": n,
-                    "version": version,
-                    "status": manifest.get("status"),
-                    "created": manifest.get("created"),
-                    "metrics": metrics,
-                    "path": str(folder),
-                }
-            )
+            rows.append(version_row(n, version, str(folder), lambda f=folder: read_manifest(f)))
     return rows
 
 

@@ -29,6 +29,16 @@ ENTRY_FORMAT = 1
 KEYED_TOOLS = ("glmopt", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "numpy")
 
 
+def default_cache_dir(artifacts_dir: str | Path) -> Path:
+    """Beside the artifacts (`.cache/stages`); for an object store, on this machine: entries are linked
+    into a build's working folder, so they must live on a local filesystem."""
+    from glmopt.remote import is_remote, local_path
+
+    if is_remote(artifacts_dir):
+        return Path.home() / ".cache" / "glmopt" / "stages"
+    return local_path(artifacts_dir) / ".cache" / "stages"
+
+
 def chain_key(previous: str, stage: str, settings: dict, data_digest: str, providers: list[str], seed: int) -> str:
     versions = {k: v for k, v in tool_versions().items() if k in KEYED_TOOLS}
     payload = {

@@ -46,7 +46,9 @@ def _outcome_json(outcome) -> dict:
 @app.command()
 def build(
     recipe: Path = typer.Argument(..., help="recipe YAML file"),
-    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="where versions are published"),
+    artifacts_dir: str = typer.Option(
+        "artifacts", "--artifacts-dir", help="where versions are published: a folder, or an fsspec URL (s3://...)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last line of stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     no_cache: bool = typer.Option(False, "--no-cache", help="run every stage, neither reading nor writing the cache"),
@@ -111,15 +113,15 @@ cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the stage c
 app.add_typer(cache_app, name="cache")
 
 
-def _stage_cache(artifacts_dir: Path, cache_dir: Path | None):
-    from glmopt.cache import StageCache
+def _stage_cache(artifacts_dir: str, cache_dir: Path | None):
+    from glmopt.cache import StageCache, default_cache_dir
 
-    return StageCache(cache_dir or artifacts_dir / ".cache" / "stages")
+    return StageCache(cache_dir or default_cache_dir(artifacts_dir))
 
 
 @cache_app.command("list")
 def cache_list(
-    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="the artifacts folder"),
+    artifacts_dir: str = typer.Option("artifacts", "--artifacts-dir", help="the artifacts folder or URL"),
     cache_dir: Path = CACHE_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -135,7 +137,7 @@ def cache_list(
 
 @cache_app.command("clear")
 def cache_clear(
-    artifacts_dir: Path = typer.Option(Path("artifacts"), "--artifacts-dir", help="the artifacts folder"),
+    artifacts_dir: str = typer.Option("artifacts", "--artifacts-dir", help="the artifacts folder or URL"),
     cache_dir: Path = CACHE_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -149,19 +151,40 @@ def cache_clear(
 
 artifacts_app = typer.Typer(no_args_is_help=True, help="List, show and verify published artifacts.")
 app.add_typer(artifacts_app, name="artifacts")
-ARTIFACTS_OPTION = typer.Option(Path("artifacts"), "--artifacts-dir", help="the artifacts folder")
+ARTIFACTS_OPTION = typer.Option(
+    "artifacts", "--artifacts-dir", help="the artifacts folder, or an fsspec URL (s3://...)"
+)
+
+
+def _local_version(artifacts_dir: str, spec: str, scratch: Path) -> Path:
+    """A version as a local folder: found in a local store, or downloaded from an object store."""
+    from glmopt.artifacts import resolve_version
+    from glmopt.remote import RemoteStore, is_remote, local_path
+
+    if is_remote(artifacts_dir):
+        store = RemoteStore(artifacts_dir)
+        name, version = store.resolve(spec)
+        return store.download(name, version, scratch / f"{name}-{version}")
+    return resolve_version(local_path(artifacts_dir), spec)
 
 
 @artifacts_app.command("list")
 def artifacts_list(
     name: str = typer.Argument(None, help="only this artifact's versions"),
-    artifacts_dir: Path = ARTIFACTS_OPTION,
+    artifacts_dir: str = ARTIFACTS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Every published version, oldest first, with status and headline metrics."""
     from glmopt.artifacts import list_versions
+    from glmopt.remote import RemoteStore, is_remote, local_path
 
-    rows = list_versions(artifacts_dir, name)
+    try:
+        if is_remote(artifacts_dir):
+            rows = RemoteStore(artifacts_dir).list_versions(name)
+        else:
+            rows = list_versions(local_path(artifacts_dir), name)
+    except GlmoptError as exc:
+        _fail(exc, as_json)
     if as_json:
         _emit_json({"artifacts": rows})
         return
@@ -173,17 +196,23 @@ def artifacts_list(
 @artifacts_app.command("show")
 def artifacts_show(
     spec: str = typer.Argument(..., help="NAME, NAME/latest (newest good version) or NAME/VERSION"),
-    artifacts_dir: Path = ARTIFACTS_OPTION,
+    artifacts_dir: str = ARTIFACTS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """A version's manifest and headline metrics."""
     from glmopt.artifacts import read_manifest, resolve_version
+    from glmopt.remote import RemoteStore, is_remote, local_path
 
     try:
-        folder = resolve_version(artifacts_dir, spec)
+        if is_remote(artifacts_dir):
+            store = RemoteStore(artifacts_dir)
+            name, version = store.resolve(spec)
+            folder, manifest = store.url_of(name, version), store.read_manifest(name, version)
+        else:
+            folder = resolve_version(local_path(artifacts_dir), spec)
+            manifest = read_manifest(folder)
     except GlmoptError as exc:
         _fail(exc, as_json)
-    manifest = read_manifest(folder)
     if as_json:
         _emit_json({"path": str(folder), **manifest})
         return
@@ -197,13 +226,21 @@ def artifacts_show(
 
 @artifacts_app.command("verify")
 def artifacts_verify(
-    path: Path = typer.Argument(..., help="a version folder, e.g. artifacts/NAME/3"),
+    path: str = typer.Argument(..., help="a version folder (artifacts/NAME/3) or URL (s3://bucket/prefix/NAME/3)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Check every file's sha256 against the manifest. Exit 1 naming the first problem."""
     from glmopt.artifacts import verify_version
+    from glmopt.remote import RemoteStore, is_remote, local_path, split_version_url
 
-    problems = verify_version(path)
+    try:
+        if is_remote(path):
+            root, name, version = split_version_url(path)
+            problems = RemoteStore(root).verify(name, version)
+        else:
+            problems = verify_version(local_path(path))
+    except GlmoptError as exc:
+        _fail(exc, as_json)
     if as_json:
         _emit_json({"path": str(path), "ok": not problems, "problems": problems})
     if problems:
@@ -221,19 +258,21 @@ def artifacts_export(
     dest: Path = typer.Argument(..., help="a model repository folder"),
     fmt: str = typer.Option("triton", "--format", help="repository layout: triton"),
     model_name: str = typer.Option(None, "--model-name", help="default: the artifact's name"),
-    artifacts_dir: Path = ARTIFACTS_OPTION,
+    artifacts_dir: str = ARTIFACTS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write a version as a serving repository (NVIDIA Triton: config.pbtxt + 1/model.onnx)."""
-    from glmopt.artifacts import resolve_version
+    import tempfile
+
     from glmopt.errors import InputError
     from glmopt.serving import export_triton
 
     try:
         if fmt != "triton":
             raise InputError(f"--format: '{fmt}' is not supported; expected 'triton'")
-        folder = resolve_version(artifacts_dir, spec)
-        target = export_triton(folder, dest, model_name or spec.partition("/")[0])
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = _local_version(artifacts_dir, spec, Path(scratch))
+            target = export_triton(folder, dest, model_name or spec.partition("/")[0])
     except GlmoptError as exc:
         _fail(exc, as_json)
     if as_json:
@@ -250,16 +289,18 @@ app.add_typer(report_app, name="report")
 def report_compare(
     a: str = typer.Argument(..., help="a version folder, or NAME/VERSION under --artifacts-dir"),
     b: str = typer.Argument(..., help="a version folder, or NAME/VERSION under --artifacts-dir"),
-    artifacts_dir: Path = ARTIFACTS_OPTION,
+    artifacts_dir: str = ARTIFACTS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """What changed between two builds: metrics, sizes, latencies, exclusions, recipe settings."""
-    from glmopt.artifacts import resolve_version
+    import tempfile
+
     from glmopt.report.compare import compare, render_text
 
     try:
-        folders = [Path(x) if Path(x).is_dir() else resolve_version(artifacts_dir, x) for x in (a, b)]
-        diff = compare(*folders)
+        with tempfile.TemporaryDirectory() as scratch:
+            folders = [Path(x) if Path(x).is_dir() else _local_version(artifacts_dir, x, Path(scratch)) for x in (a, b)]
+            diff = compare(*folders)
     except GlmoptError as exc:
         _fail(exc, as_json)
     if as_json:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glmopt.artifacts import host_info, now_utc, start_version, tool_versions
-from glmopt.cache import CachedStage, StageCache, chain_key, hidden_prefix
+from glmopt.cache import CachedStage, StageCache, chain_key, default_cache_dir, hidden_prefix
 from glmopt.calibrate.dataset import check_document_count, load_calibration_file, resolve_calibration
 from glmopt.data import load_rows, rows_digest
 from glmopt.errors import GateFailed, GlmoptError, InputError, PublishError, StageError
@@ -22,6 +22,7 @@ from glmopt.models import ARCHITECTURES, SERVING_FILES, load_model, read_model_t
 from glmopt.models.builtin import BUILTIN_MODELS, resolve_builtin
 from glmopt.onnx_utils import default_providers, model_files, model_size
 from glmopt.recipe import LoadedRecipe, check_task_metrics, load_recipe
+from glmopt.remote import RemoteStore, is_remote, local_path, start_remote_version
 from glmopt.report import write_reports
 from glmopt.stages import STAGES, ModelHandle, StageContext, StageResult
 from glmopt.stages.evaluate import TASK_COLUMNS, EvaluateConfig, Evaluator
@@ -31,7 +32,7 @@ from glmopt.tuning import fallback_search, glob_literal, metric_effects
 
 @dataclass
 class BuildOutcome:
-    artifact: Path | None
+    artifact: Path | str | None  # a local folder, or the version's URL in an object store
     version: int | None
     stages: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
@@ -126,7 +127,7 @@ def _source_hash(folder: Path) -> str:
 
 def build(
     recipe_path: Path,
-    artifacts_dir: Path,
+    artifacts_dir: Path | str,
     show_progress: bool = True,
     work_root: Path | None = None,
     use_cache: bool = True,
@@ -140,10 +141,13 @@ def build(
     progress = progress_factory(show_progress)
     providers = default_providers()
 
-    artifacts_dir = artifacts_dir.resolve()
-    staging = start_version(artifacts_dir, recipe.name)
+    if is_remote(artifacts_dir):  # an object store: assembled locally, then uploaded (see glmopt/remote.py)
+        staging = start_remote_version(RemoteStore(str(artifacts_dir)), recipe.name)
+    else:
+        artifacts_dir = local_path(artifacts_dir).resolve()
+        staging = start_version(artifacts_dir, recipe.name)
     work = Path(tempfile.mkdtemp(prefix=hidden_prefix("work"), dir=work_root or staging.name_dir))
-    cache = StageCache((cache_dir or artifacts_dir / ".cache" / "stages").resolve()) if use_cache else None
+    cache = StageCache((cache_dir or default_cache_dir(artifacts_dir)).resolve()) if use_cache else None
     try:
         return _run(loaded, folder, staging, work, progress, providers, cache)
     except OSError as exc:  # stage I/O errors are StageErrors by now: this is writing the artifact itself

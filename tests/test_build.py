@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -12,10 +16,18 @@ from glmopt.fileutil import sha256_file
 from recipes import decoder_recipe, encoder_recipe, write
 
 runner = CliRunner()
+# One stage cache for the tiny builds of the whole session: many tests change only late settings of the
+# same tiny model, and the cache's own behaviour is tested with private caches (test_cache.py).
+SHARED_CACHE = Path(tempfile.mkdtemp(prefix="glmopt-test-cache-"))
+atexit.register(shutil.rmtree, SHARED_CACHE, True)
 
 
-def build(recipe_path, artifacts, *extra):
-    result = runner.invoke(app, ["build", str(recipe_path), "--artifacts-dir", str(artifacts), "--json", "-q", *extra])
+def build(recipe_path, artifacts, *extra, shared_cache: bool = True):
+    """Build through the CLI; returns (exit code, the --json line, the CliRunner result)."""
+    args = ["build", str(recipe_path), "--artifacts-dir", str(artifacts), "--json", "-q", *extra]
+    if shared_cache and "--no-cache" not in extra and "--cache-dir" not in extra:
+        args += ["--cache-dir", str(SHARED_CACHE)]
+    result = runner.invoke(app, args)
     last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "{}"
     return result.exit_code, json.loads(last), result
 
@@ -129,7 +141,7 @@ def test_interrupted_build_leaves_no_version(tiny_models, text_files, tmp_path, 
 
     monkeypatch.setattr(fuse, "fuse_model", interrupted)
     recipe = write(tmp_path / "r.yaml", decoder_recipe(tiny_models["glm"], text_files, name="cut"))
-    code, _, _ = build(recipe, tmp_path / "a")
+    code, _, _ = build(recipe, tmp_path / "a", shared_cache=False)  # fuse must really run
     assert code == 130
     assert list((tmp_path / "a" / "cut").iterdir()) == []
 

@@ -26,7 +26,7 @@ def entries(artifacts) -> list[dict]:
 def first(tiny_models, text_files, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     recipe = write(root / "r.yaml", decoder_recipe(tiny_models["glm"], text_files, name="cached"))
-    code, out, result = build(recipe, root / "a")
+    code, out, result = build(recipe, root / "a", shared_cache=False)
     assert code == 0, result.output
     return root, out
 
@@ -44,7 +44,7 @@ def test_first_build_stores_every_model_stage_and_records_lineage(first):
 def test_changing_only_the_budget_redoes_only_evaluate(first, tiny_models, text_files):
     root, _ = first
     recipe = write(root / "r2.yaml", decoder_recipe(tiny_models["glm"], text_files, name="cached", budget=80.0))
-    code, out, result = build(recipe, root / "a")
+    code, out, result = build(recipe, root / "a", shared_cache=False)
     assert code == 0, result.output
     assert cache_status(out) == {"export": "hit", "fuse": "hit", "quantize": "hit", "evaluate": None}
     v1, v2 = (root / "a" / "cached" / v for v in ("1", "2"))
@@ -60,7 +60,7 @@ def test_changing_only_the_budget_redoes_only_evaluate(first, tiny_models, text_
 def test_changing_quantize_settings_reuses_export_and_fuse(first, tiny_models, text_files):
     root, _ = first
     recipe = decoder_recipe(tiny_models["glm"], text_files, name="cached", quantize={"method": "minmax"})
-    code, out, result = build(write(root / "r3.yaml", recipe), root / "a")
+    code, out, result = build(write(root / "r3.yaml", recipe), root / "a", shared_cache=False)
     assert code == 0, result.output
     assert cache_status(out) == {"export": "hit", "fuse": "hit", "quantize": "stored", "evaluate": None}
 
@@ -70,9 +70,9 @@ def test_changed_calibration_text_at_the_same_path_is_a_miss(tiny_models, text_f
     calib.write_text(text_files["calib"].read_text())
     data = {**text_files, "calib": calib}
     recipe = write(tmp_path / "r.yaml", decoder_recipe(tiny_models["glm"], data, name="data"))
-    assert build(recipe, tmp_path / "a")[0] == 0
+    assert build(recipe, tmp_path / "a", shared_cache=False)[0] == 0
     calib.write_text("\n".join(reversed(calib.read_text().splitlines())) + "\n")
-    code, out, result = build(recipe, tmp_path / "a")
+    code, out, result = build(recipe, tmp_path / "a", shared_cache=False)
     assert code == 0, result.output
     assert cache_status(out)["quantize"] == "stored" and cache_status(out)["fuse"] == "hit"
 
@@ -87,7 +87,7 @@ def test_corrupt_entry_is_rebuilt_never_used(first, tiny_models, text_files):
     os.unlink(model)  # a new file: the entry's old inode may still be linked into a published folder
     model.write_bytes(bytes(data))
     recipe = write(root / "r4.yaml", decoder_recipe(tiny_models["glm"], text_files, name="cached", budget=70.0))
-    code, out, result = build(recipe, root / "a")
+    code, out, result = build(recipe, root / "a", shared_cache=False)
     assert code == 0, result.output
     assert cache_status(out)["fuse"] == "stored"
     # The rebuilt fuse output is the same model, so the cached quantize entry after it is still valid.
