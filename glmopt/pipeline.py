@@ -186,6 +186,15 @@ def _data_digest(config, base_dir: Path) -> str:
     return sha256_bytes((cal.model_dump_json() + rows_digest(rows)).encode())
 
 
+def _settings(config) -> dict:
+    """A stage's settings for its cache key. A calibration set given as a file enters through the data
+    digest (its resolved content), not its path: the same file reached by another path is the same input."""
+    settings = config.model_dump(mode="json")
+    if isinstance(getattr(config, "calibration", None), str):
+        settings["calibration"] = "file"
+    return settings
+
+
 def _from_cache(spec, config, cached: CachedStage, stage_dir: Path, current: ModelHandle) -> StageResult:
     model = None
     if cached.model_file is not None:
@@ -227,7 +236,7 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
         )
         # (preflight has read the same data, so the digest cannot fail on a user mistake)
         digest = _data_digest(config, loaded.base_dir)
-        key = chain_key(key, spec.name, config.model_dump(mode="json"), digest, providers, recipe.seed)
+        key = chain_key(key, spec.name, _settings(config), digest, providers, recipe.seed)
         use_cache = cache is not None and spec.cached
         start = time.perf_counter()
         cached = _guarded("cache", lambda: cache.restore(key, stage_dir)) if use_cache else None  # noqa: B023

@@ -141,3 +141,20 @@ def test_folders_of_killed_builds_are_removed_and_live_ones_kept(tiny_models, te
     assert code == 0, result.output
     assert not any(d.exists() for d in dead)
     assert alive.exists() and other_host.exists()
+
+
+def test_the_same_calibration_file_by_another_path_is_a_hit(tiny_models, text_files, tmp_path):
+    import yaml
+
+    cal = {"data": {"files": [str(text_files["calib"])]}, "num_samples": 8, "sequence_length": 32}
+    (tmp_path / "cal.yaml").write_text(yaml.safe_dump(cal))
+    outs = []
+    for folder, reference in ((tmp_path / "a", "../cal.yaml"), (tmp_path / "b" / "c", "../../cal.yaml")):
+        folder.mkdir(parents=True)
+        recipe = decoder_recipe(tiny_models["glm"], text_files, name="moved")
+        recipe["stages"][2]["calibration"] = reference
+        code, out, result = build(write(folder / "r.yaml", recipe), tmp_path / "artifacts", shared_cache=False)
+        assert code == 0, result.output
+        outs.append(out)
+    assert cache_status(outs[1])["quantize"] == "hit"
+    assert outs[1]["stages"][2]["output_sha256"] == outs[0]["stages"][2]["output_sha256"]
