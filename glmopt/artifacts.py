@@ -156,20 +156,32 @@ def list_versions(artifacts_dir: Path, name: str | None = None) -> list[dict]:
     return rows
 
 
+def pick_version(where: str, spec: str, rows_for) -> tuple[str, int]:
+    """NAME or NAME/latest (newest version with status ok) or NAME/VERSION -> (name, version).
+
+    `rows_for(name)` lists the artifact's published versions (as `list_versions` does) in whichever store.
+    """
+    name, _, version = spec.partition("/")
+    if not name or "/" in version or name.startswith("."):
+        raise InputError(f"{where}: no artifact named '{name}'")
+    rows = rows_for(name)
+    if version in ("", "latest"):
+        good = [r["version"] for r in rows if r["status"] == "ok"]
+        if not good:
+            raise InputError(f"{where}: artifact '{name}' has no version with status ok")
+        return name, good[-1]
+    if not version.isdigit() or int(version) not in {r["version"] for r in rows}:
+        raise InputError(f"{where}: artifact '{name}' has no version '{version}'")
+    return name, int(version)
+
+
 def resolve_version(artifacts_dir: Path, spec: str) -> Path:
     """NAME (newest good), NAME/latest (newest good) or NAME/VERSION -> the version folder."""
-    name, _, version = spec.partition("/")
-    name_dir = artifacts_dir / name
-    if not name or "/" in version or not name_dir.is_dir() or name.startswith("."):
+    name = spec.partition("/")[0]
+    if name and not (artifacts_dir / name).is_dir():
         raise InputError(f"{artifacts_dir}: no artifact named '{name}'")
-    if version in ("", "latest"):
-        good = [r["version"] for r in list_versions(artifacts_dir, name) if r["status"] == "ok"]
-        if not good:
-            raise InputError(f"{artifacts_dir}: artifact '{name}' has no version with status ok")
-        return name_dir / str(good[-1])
-    if not version.isdigit() or not (name_dir / version).is_dir():
-        raise InputError(f"{artifacts_dir}: artifact '{name}' has no version '{version}'")
-    return name_dir / version
+    name, version = pick_version(str(artifacts_dir), spec, lambda n: list_versions(artifacts_dir, n))
+    return artifacts_dir / name / str(version)
 
 
 def verify_version(folder: Path) -> list[str]:

@@ -18,6 +18,9 @@ from glmopt.errors import GateFailed, GlmoptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Optimize Hugging Face models into ONNX artifacts.")
 CACHE_DIR_OPTION = typer.Option(None, "--cache-dir", help="stage cache folder [default: ARTIFACTS_DIR/.cache/stages]")
+ARTIFACTS_OPTION = typer.Option(
+    "artifacts", "--artifacts-dir", help="the artifacts folder, or an fsspec URL (s3://...)"
+)
 
 
 def _emit_json(data: dict) -> None:
@@ -121,7 +124,7 @@ def _stage_cache(artifacts_dir: str, cache_dir: Path | None):
 
 @cache_app.command("list")
 def cache_list(
-    artifacts_dir: str = typer.Option("artifacts", "--artifacts-dir", help="the artifacts folder or URL"),
+    artifacts_dir: str = ARTIFACTS_OPTION,
     cache_dir: Path = CACHE_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -137,7 +140,7 @@ def cache_list(
 
 @cache_app.command("clear")
 def cache_clear(
-    artifacts_dir: str = typer.Option("artifacts", "--artifacts-dir", help="the artifacts folder or URL"),
+    artifacts_dir: str = ARTIFACTS_OPTION,
     cache_dir: Path = CACHE_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -151,9 +154,6 @@ def cache_clear(
 
 artifacts_app = typer.Typer(no_args_is_help=True, help="List, show and verify published artifacts.")
 app.add_typer(artifacts_app, name="artifacts")
-ARTIFACTS_OPTION = typer.Option(
-    "artifacts", "--artifacts-dir", help="the artifacts folder, or an fsspec URL (s3://...)"
-)
 
 
 def _local_version(artifacts_dir: str, spec: str, scratch: Path) -> Path:

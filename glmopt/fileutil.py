@@ -15,12 +15,17 @@ from pathlib import Path
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> str:
+def sha256_stream(fh) -> str:
+    """sha256 of what is left in a binary file object (a local file or an fsspec one), read in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
+    while chunk := fh.read(_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return sha256_stream(fh)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -234,9 +234,10 @@ def _run(loaded: LoadedRecipe, folder: Path, staging, work: Path, progress, prov
             records=records,
             location=f"{loaded.path}: stages[{index}]",
         )
-        # (preflight has read the same data, so the digest cannot fail on a user mistake)
-        digest = _data_digest(config, loaded.base_dir)
-        key = chain_key(key, spec.name, _settings(config), digest, providers, recipe.seed)
+        if cache is not None:  # keys chain through every stage, cached or not (a prune changes what follows)
+            # (preflight has read the same data, so the digest cannot fail on a user mistake)
+            digest = _data_digest(config, loaded.base_dir)
+            key = chain_key(key, spec.name, _settings(config), digest, providers, recipe.seed)
         use_cache = cache is not None and spec.cached
         start = time.perf_counter()
         cached = _guarded("cache", lambda: cache.restore(key, stage_dir)) if use_cache else None  # noqa: B023

@@ -12,17 +12,16 @@ and its number is never reused. Readers (list, show, verify, export) see only ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from glmopt.artifacts import Staging, start_version, version_row
+from glmopt.artifacts import MANIFEST, Staging, pick_version, start_version, version_row
 from glmopt.errors import InputError, PublishError
+from glmopt.fileutil import sha256_stream
 
-MANIFEST = "manifest.json"
 CLAIM = ".claim"
 
 
@@ -126,17 +125,7 @@ class RemoteStore:
 
     def resolve(self, spec: str) -> tuple[str, int]:
         """NAME, NAME/latest (newest good) or NAME/VERSION -> (name, version)."""
-        name, _, version = spec.partition("/")
-        if not name or "/" in version or name.startswith("."):
-            raise InputError(f"{self.url}: no artifact named '{name}'")
-        if version in ("", "latest"):
-            good = [r["version"] for r in self.list_versions(name) if r["status"] == "ok"]
-            if not good:
-                raise InputError(f"{self.url}: artifact '{name}' has no version with status ok")
-            return name, good[-1]
-        if not version.isdigit() or int(version) not in self.versions(name):
-            raise InputError(f"{self.url}: artifact '{name}' has no version '{version}'")
-        return name, int(version)
+        return pick_version(self.url, spec, self.list_versions)
 
     def verify(self, name: str, version: int) -> list[str]:
         """Every file's sha256 against the manifest, read from the store; empty when all match."""
@@ -154,12 +143,9 @@ class RemoteStore:
             if not self.fs.exists(path):
                 problems.append(f"{where}/{rel}: missing")
                 continue
-            digest = hashlib.sha256()
             with self.fs.open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    digest.update(chunk)
-            if digest.hexdigest() != entry["sha256"]:
-                problems.append(f"{where}/{rel}: sha256 differs from the manifest")
+                if sha256_stream(fh) != entry["sha256"]:
+                    problems.append(f"{where}/{rel}: sha256 differs from the manifest")
         listed = set(manifest.get("files", {})) | {MANIFEST}
         for path in sorted(self.fs.find(base)):
             rel = posixpath.relpath(path, base)
