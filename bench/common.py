@@ -24,13 +24,13 @@ from glmopt.stages.export import ExportConfig, dummy_inputs  # noqa: E402
 from glmopt.stages.export import run as export_run  # noqa: E402
 
 
-def exported(builtin: str, work: Path | None = None):
+def exported(builtin: str, work: Path | None = None, kv_cache: bool = True, loaded=None):
     """Load a built-in model and export it with glmopt's export stage; returns (loaded, onnx path, seconds)."""
-    loaded = load_model(resolve_builtin(builtin))
+    loaded = loaded or load_model(resolve_builtin(builtin))
     work = work or Path(tempfile.mkdtemp(prefix="glmopt-bench-"))
     ctx = StageContext(work, work, loaded, [], ["CPUExecutionProvider"], 0, progress_factory(False))
     start = time.perf_counter()
-    result = export_run(ExportConfig(), ctx, ModelHandle("torch", "reference", torch=loaded))
+    result = export_run(ExportConfig(kv_cache=kv_cache), ctx, ModelHandle("torch", "reference", torch=loaded))
     return loaded, result.model.onnx_path, time.perf_counter() - start
 
 

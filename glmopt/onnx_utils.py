@@ -79,6 +79,30 @@ def model_size(path: Path) -> int:
     return sum(f.stat().st_size for f in model_files(path))
 
 
+# Optimum's names for a decoder's key/value cache: inputs `past_key_values.N.key|value`, outputs `present.N.key|value`.
+PAST_PREFIX = "past_key_values."
+PRESENT_PREFIX = "present."
+ORT_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def is_cache_input(name: str) -> bool:
+    return name.startswith(PAST_PREFIX)
+
+
+def complete_feeds(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The feeds a session takes: the caller's, less extra keys, plus an empty cache (past length 0) for
+    each `past_key_values.*` input the caller did not give, so that a full-sequence call needs no cache."""
+    complete = {}
+    for graph_input in session.get_inputs():
+        name = graph_input.name
+        if name in feeds:
+            complete[name] = feeds[name]
+        elif is_cache_input(name):
+            batch = len(feeds["input_ids"])
+            _, heads, _, head_dim = graph_input.shape
+            complete[name] = np.zeros((batch, heads, 0, head_dim), dtype=ORT_FLOAT_TYPES[graph_input.type])
+    return complete
+
+
 def run_session(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    names = {i.name for i in session.get_inputs()}
-    return session.run(None, {k: v for k, v in feeds.items() if k in names})
+    return session.run(None, complete_feeds(session, feeds))

@@ -51,6 +51,36 @@ def test_demo_recipe_int8_glm(tmp_path):
     assert len(sensitivity["histograms"]) == 4
     html = (artifact / "report.html").read_text()
     assert html.count("<svg") >= 8 and "WITHIN BUDGET" in html
+    check_generation(tmp_path, artifact)
+
+
+def check_generation(artifacts, artifact):
+    """The demo's fused FP32 model (from the stage cache) generates PyTorch's greedy tokens through a plain
+    InferenceSession with its key/value cache; the INT8 artifact generates the same with and without it."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from test_generation import greedy_with_cache, greedy_without_cache
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from glmopt.cache import StageCache, default_cache_dir
+    from glmopt.models.builtin import resolve_builtin
+
+    folder = resolve_builtin("smollm2-glm")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompt = tokenizer(["The history of the city begins in"], return_tensors="np")
+    ids, mask = prompt["input_ids"].astype(np.int64), prompt["attention_mask"].astype(np.int64)
+    with torch.inference_mode():
+        expected = model.generate(
+            torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=16, do_sample=False
+        )[:, ids.shape[1] :].numpy()
+    cache = default_cache_dir(artifacts)
+    fuse_key = next(e["key"] for e in StageCache(cache).entries() if e["stage"] == "fuse")
+    fused = ort.InferenceSession(str(cache / fuse_key / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(greedy_with_cache(fused, ids, mask, 16), expected)
+    int8 = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(greedy_with_cache(int8, ids, mask, 16), greedy_without_cache(int8, ids, mask, 16))
 
 
 def test_minilm_recipe(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from glmopt.calibrate.histogram import TensorHistogram
-from glmopt.onnx_utils import make_session
+from glmopt.onnx_utils import complete_feeds, make_session
 
 FLOAT_TYPES = {1, 10, 16}  # FLOAT, FLOAT16, BFLOAT16
 
@@ -142,7 +142,6 @@ def collect_histograms(
         augmented_session(model_path, tensors, work_dir / "calibration-model", providers, arena=False) as session,
         single_threaded_torch(),
     ):
-        input_names = {i.name for i in session.get_inputs()}
 
         def fold(values: list[np.ndarray], mask: np.ndarray | None) -> None:
             for name, value in zip(tensors, values, strict=True):
@@ -157,7 +156,7 @@ def collect_histograms(
             pending = None
             for feeds in batches:
                 mask = feeds.get("attention_mask")
-                values = session.run(tensors, {k: v for k, v in feeds.items() if k in input_names})
+                values = session.run(tensors, complete_feeds(session, feeds))
                 if pending is not None:
                     pending.result()
                     pending = None

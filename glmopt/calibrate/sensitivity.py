@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from glmopt.calibrate.collect import augmented_session, real_tokens
+from glmopt.onnx_utils import complete_feeds, is_cache_input
 
 # ONNX Runtime's ranges for the types the QDQ quantizer emits here (quant_utils.get_qmin_qmax_for_qType).
 UINT8_RANGE = (0, 255)
@@ -91,7 +92,8 @@ def measure_sensitivity(
 
     proto = onnx.load(str(model_path), load_external_data=False)
     initializers = {i.name: i for i in proto.graph.initializer}
-    graph_inputs = {i.name for i in proto.graph.input}
+    # A decoder's cache inputs are empty in these full-sequence runs: nothing to score there.
+    graph_inputs = {i.name for i in proto.graph.input if not is_cache_input(i.name)}
     del proto
 
     def weight(name: str) -> np.ndarray:
@@ -110,7 +112,7 @@ def measure_sensitivity(
         for feeds in _first_tokens(batches, max_tokens):
             mask = feeds.get("attention_mask")
             inputs = {k: v for k, v in feeds.items() if k in graph_inputs}
-            values = session.run(wanted, inputs) if wanted else []
+            values = session.run(wanted, complete_feeds(session, feeds)) if wanted else []
             for name, value in [*zip(wanted, values, strict=True), *inputs.items()]:
                 activations[name].append(_rows(value, mask))
     del session  # the FP32 model's weights: not needed while the nodes are scored

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,17 @@ from pydantic import Field, model_validator
 
 from glmopt.errors import StageError
 from glmopt.models import LoadedModel
-from glmopt.onnx_utils import EXTERNAL_DATA_THRESHOLD, make_session, model_size, needs_external_data, run_session
+from glmopt.onnx_utils import (
+    EXTERNAL_DATA_THRESHOLD,
+    PAST_PREFIX,
+    PRESENT_PREFIX,
+    complete_feeds,
+    is_cache_input,
+    make_session,
+    model_size,
+    needs_external_data,
+    run_session,
+)
 from glmopt.schema import StrictModel
 from glmopt.stages.base import ModelHandle, StageContext, StageResult
 
@@ -27,6 +38,11 @@ class ExportConfig(StrictModel):
     check_shape: tuple[int, int] = Field((3, 37), description="(batch, sequence) of the numerics check")
     atol: float = Field(1e-3, ge=0, le=10, description="absolute tolerance of |ONNX - PyTorch| on the check inputs")
     rtol: float = Field(1e-3, ge=0, le=1, description="relative tolerance, as in numpy.allclose")
+    kv_cache: bool = Field(
+        True,
+        description="decoders: also take past_key_values.N.key/value and return present.N.key/value (Optimum's "
+        "names), so that a server generates one token per call; encoders have no cache and ignore this",
+    )
 
     @model_validator(mode="after")
     def _shapes(self) -> ExportConfig:
@@ -58,8 +74,12 @@ def dummy_inputs(
     return feeds
 
 
-def export_wrapper(loaded: LoadedModel):
-    """A module whose forward takes the graph inputs in order and returns its single output tensor."""
+def export_wrapper(loaded: LoadedModel, kv_cache: bool = False):
+    """A module whose forward takes the graph inputs in order and returns its output tensors.
+
+    Without a cache: the single output tensor. With one (decoders): the logits, then each layer's
+    present key and value, from the base inputs followed by each layer's past key and value.
+    """
     import torch
 
     class Decoder(torch.nn.Module):
@@ -72,6 +92,23 @@ def export_wrapper(loaded: LoadedModel):
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             ).logits
 
+    class CachedDecoder(Decoder):
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.net.config)
+            for layer in range(len(past) // 2):
+                cache.update(past[2 * layer], past[2 * layer + 1], layer)
+            out = self.net(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+            return (out.logits, *present)
+
     class Encoder(torch.nn.Module):
         def __init__(self, net):
             super().__init__()
@@ -82,10 +119,51 @@ def export_wrapper(loaded: LoadedModel):
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
 
-    return (Decoder if loaded.arch.is_decoder else Encoder)(loaded.model).eval()
+    if not loaded.arch.is_decoder:
+        return Encoder(loaded.model).eval()
+    return (CachedDecoder if kv_cache else Decoder)(loaded.model).eval()
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> CacheLayout:
+        cfg = loaded.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        return cls(int(cfg.num_hidden_layers), int(kv_heads), int(head_dim))
+
+    def names(self, prefix: str) -> list[str]:
+        return [f"{prefix}{layer}.{part}" for layer in range(self.layers) for part in ("key", "value")]
+
+    def random_past(self, batch: int, length: int, seed: int = 0) -> list[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        shape = (batch, self.kv_heads, length, self.head_dim)
+        return [rng.standard_normal(shape).astype(np.float32) for _ in range(2 * self.layers)]
+
+
+def name_mask_length(model) -> None:
+    """Name the mask's length `past_sequence_length + sequence_length` (Optimum's name) throughout the graph.
+
+    The exporter leaves it a bare symbol (s53): it was exported as Dim.DYNAMIC so that torch.export could
+    work out its relation to the other two lengths by itself.
+    """
+    mask = next(v for v in model.graph.input if v.name == "attention_mask")
+    symbol = mask.type.tensor_type.shape.dim[1].dim_param
+    if not symbol or "sequence_length" in symbol:
+        return
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == symbol:
+                dim.dim_param = "past_sequence_length + sequence_length"
 
 
 def torch_outputs(loaded: LoadedModel, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The PyTorch model's output on full sequences (no cache)."""
     import torch
 
     wrapper = export_wrapper(loaded)
@@ -138,22 +216,51 @@ def check_numerics(
     rtol: float,
     providers: list[str],
 ) -> float:
-    """Fail the stage unless |got - expected| <= atol + rtol * |expected| everywhere; returns max |difference|."""
+    """Fail the stage unless |got - expected| <= atol + rtol * |expected| everywhere; returns max |difference|.
+
+    A graph with a key/value cache is checked twice: on the whole sequence with an empty cache, and
+    incrementally (the first half, then the rest fed the first call's present tensors as its past),
+    both against the same full-sequence reference.
+    """
     session = make_session(path, providers)
-    got = run_session(session, feeds)[0]
-    if got.shape != expected.shape:
-        raise StageError(stage, f"output shape {got.shape} differs from the reference's {expected.shape}")
     mask = feeds["attention_mask"].astype(bool)
+    worst = _compare(stage, run_session(session, feeds)[0], expected, mask, atol, rtol, "")
+    if any(is_cache_input(i.name) for i in session.get_inputs()):
+        tail = _incremental_logits(session, feeds, split=feeds["input_ids"].shape[1] // 2)
+        split = expected.shape[1] - tail.shape[1]
+        worst = max(
+            worst,
+            _compare(stage, tail, expected[:, split:], mask[:, split:], atol, rtol, f" (cached past of {split})"),
+        )
+    return worst
+
+
+def _incremental_logits(session, feeds: dict[str, np.ndarray], split: int) -> np.ndarray:
+    """Logits of positions split.. when the first split positions come from the cache."""
+    first = {k: v[:, :split] for k, v in feeds.items()}
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, complete_feeds(session, first)), strict=True))
+    rest = {k: v[:, split:] for k, v in feeds.items() if k != "attention_mask"}
+    rest["attention_mask"] = feeds["attention_mask"]
+    for name, value in outputs.items():
+        if name.startswith(PRESENT_PREFIX):
+            rest[PAST_PREFIX + name.removeprefix(PRESENT_PREFIX)] = value
+    return run_session(session, rest)[0]
+
+
+def _compare(stage, got, expected, mask, atol, rtol, what: str) -> float:
+    if got.shape != expected.shape:
+        raise StageError(stage, f"output shape {got.shape}{what} differs from the reference's {expected.shape}")
     # Padded positions carry no meaning and may legitimately differ; compare real tokens only.
     diff = np.abs(got - expected)[mask]
     allowed = atol + rtol * np.abs(expected)[mask]
-    worst = float(diff.max())
+    worst = float(diff.max()) if diff.size else 0.0
     if not np.isfinite(worst) or (diff > allowed).any():
         i = int(np.argmax(diff - allowed))
         raise StageError(
             stage,
             f"|difference| {float(diff.flat[i]):.3g} exceeds atol {atol:g} + rtol {rtol:g} x |reference| "
-            f"{float(np.abs(expected)[mask].flat[i]):.3g} on inputs of shape {mask.shape} (max {worst:.3g})",
+            f"{float(np.abs(expected)[mask].flat[i]):.3g} on inputs of shape {mask.shape}{what} (max {worst:.3g})",
         )
     return worst
 
@@ -164,11 +271,27 @@ def run(config: ExportConfig, ctx: StageContext, model: ModelHandle) -> StageRes
 
     loaded = model.loaded
     arch = loaded.arch
-    wrapper = export_wrapper(loaded)
+    kv_cache = config.kv_cache and arch.is_decoder
+    wrapper = export_wrapper(loaded, kv_cache)
     sample = dummy_inputs(loaded, *config.sample_shape, seed=ctx.seed, pad_last=False)
-    args = tuple(torch.from_numpy(sample[n]) for n in arch.input_names)
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dynamic = {name: {0: batch, 1: sequence} for name in arch.input_names}
+    input_names, output_names = list(arch.input_names), list(arch.output_names)
+    args = [torch.from_numpy(sample[n]) for n in input_names]
+    # Optimum's axis names. One Dim object per name, so that every past tensor shares one length
+    # symbol: the fusions match attention only when key and value lengths are provably equal.
+    batch, sequence = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
+    dynamic: dict = {name: {0: batch, 1: sequence} for name in input_names}
+    if kv_cache:
+        layout = CacheLayout.of(loaded)
+        rows, length = config.sample_shape
+        past_length = 3  # traced with a real past (a length of 0 or 1 would be fixed into the graph)
+        args[1] = torch.ones(rows, past_length + length, dtype=torch.int64)  # attention_mask
+        args[2] = torch.arange(past_length, past_length + length).expand(rows, length).contiguous()
+        args += [torch.from_numpy(t) for t in layout.random_past(rows, past_length, seed=ctx.seed)]
+        input_names += layout.names(PAST_PREFIX)
+        output_names += layout.names(PRESENT_PREFIX)
+        past = torch.export.Dim("past_sequence_length")
+        dynamic["attention_mask"] = {0: batch, 1: torch.export.Dim.DYNAMIC}  # past + sequence
+        dynamic["past"] = tuple({0: batch, 2: past} for _ in layout.names(""))
 
     raw = ctx.work_dir / "exported.onnx"
     out = ctx.work_dir / "model.onnx"
@@ -182,11 +305,11 @@ def run(config: ExportConfig, ctx: StageContext, model: ModelHandle) -> StageRes
             # constant folding below does what later stages need in seconds.
             program = torch.onnx.export(
                 wrapper,
-                args,
+                tuple(args),
                 dynamo=True,
                 opset_version=config.opset,
-                input_names=list(arch.input_names),
-                output_names=list(arch.output_names),
+                input_names=input_names,
+                output_names=output_names,
                 dynamic_shapes=dynamic,
                 optimize=False,
                 verbose=False,
@@ -196,6 +319,8 @@ def run(config: ExportConfig, ctx: StageContext, model: ModelHandle) -> StageRes
     bar.update(1)
     proto = program.model_proto
     name_nodes_by_module(proto)
+    if kv_cache:
+        name_mask_length(proto)
     external = needs_external_data(proto)
     onnx.save_model(proto, str(raw), save_as_external_data=external, location=raw.name + ".data")
     del program, proto
@@ -212,8 +337,9 @@ def run(config: ExportConfig, ctx: StageContext, model: ModelHandle) -> StageRes
     graph = onnx.load(str(out), load_external_data=False).graph
     details = {
         "opset": config.opset,
-        "inputs": list(arch.input_names),
-        "outputs": list(arch.output_names),
+        "inputs": input_names,
+        "outputs": output_names,
+        "kv_cache": kv_cache,
         "nodes": len(graph.node),
         "max_abs_diff": diff,
         "check_shape": list(config.check_shape),
