@@ -408,9 +408,18 @@ def _tune(evaluation: dict, states: dict, history: list, current, work: Path, pr
         evaluator, quantized, evaluation["models"]["quantize"], config.fallback, tuning_dir, progress
     )
     best = search.pop("best")
-    keep_float = quantized.ranking[: best["float_nodes"]]
-    search["exclude_nodes"] = [glob_literal(n) for n in keep_float]
-    search["recipe_snippet"] = {"exclude_nodes": search["exclude_nodes"]}
+    kept = quantized.ranking[: best["float_nodes"]]
+    if config.fallback.to == "weight_only":  # MatMuls go weight-only; any other op type goes to float
+        moved = [n for n in kept if quantized.op_types.get(n) == "MatMul"]
+        search["weight_only_nodes"] = [glob_literal(n) for n in moved]
+        search["exclude_nodes"] = [glob_literal(n) for n in kept if n not in set(moved)]
+        search["recipe_snippet"] = {
+            "weight_only_nodes": search["weight_only_nodes"],
+            "exclude_nodes": search["exclude_nodes"],
+        }
+    else:
+        search["exclude_nodes"] = [glob_literal(n) for n in kept]
+        search["recipe_snippet"] = {"exclude_nodes": search["exclude_nodes"]}
     evaluation["fallback"] = search
     if best["path"] is None:  # no trial beat the plain quantized model: it stays the final model
         return current
@@ -426,6 +435,7 @@ def _tune(evaluation: dict, states: dict, history: list, current, work: Path, pr
             "size_bytes": model_size(best["path"]),
             "details": {
                 "float_nodes": best["float_nodes"],
+                "to": config.fallback.to,
                 "trials": len(search["trials"]),
                 "stopped": search["stopped"],
                 "exclude_nodes": search["exclude_nodes"],

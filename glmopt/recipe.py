@@ -18,16 +18,19 @@ from glmopt.stages.export import ExportConfig
 from glmopt.stages.fuse import FuseConfig
 from glmopt.stages.prune import PruneConfig
 from glmopt.stages.quantize import QuantizeConfig
+from glmopt.stages.smooth import SmoothConfig
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 StageConfig = Annotated[
-    PruneConfig | ExportConfig | FuseConfig | QuantizeConfig | EvaluateConfig, Field(discriminator="stage")
+    PruneConfig | SmoothConfig | ExportConfig | FuseConfig | QuantizeConfig | EvaluateConfig,
+    Field(discriminator="stage"),
 ]
 
-# Where each stage may stand. Pruning edits PyTorch weights, so it must precede export; fusion and
-# quantization rewrite the exported graph; evaluation measures everything before it, so it comes last.
-STAGE_ORDER = ["prune", "export", "fuse", "quantize", "evaluate"]
+# Where each stage may stand. Pruning and smoothing edit PyTorch weights, so they precede export (smoothing
+# after pruning, so that its factors fit the pruned model); fusion and quantization rewrite the exported
+# graph; evaluation measures everything before it, so it comes last.
+STAGE_ORDER = ["prune", "smooth", "export", "fuse", "quantize", "evaluate"]
 NEEDS = {"fuse": "export", "quantize": "export"}
 
 
@@ -159,6 +162,8 @@ def check_stage_order(recipe: Recipe, file: str) -> None:
             why = {
                 "prune": "pruning edits the PyTorch weights, so it must come before 'export' "
                 "(and calibration must see the pruned model's activations)",
+                "smooth": "smoothing edits the PyTorch weights, so it must come before 'export' "
+                "(and after 'prune', so that its factors fit the pruned model)",
                 "export": "'export' produces the ONNX model the later stages rewrite",
                 "fuse": "fusion must see the FP32 graph; fusing after quantization would skip the QDQ pattern",
                 "quantize": "quantization must be the last rewrite of the graph before evaluation",

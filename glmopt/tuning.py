@@ -66,7 +66,8 @@ def fallback_search(
     trials: list[dict] = []
     best = {"float_nodes": 0, "checks": plain_checks, "result": plain, "path": None}
     if not ranking:
-        return _summary(trials, best, "no sensitivity ranking: set quantize.sensitivity.tokens above 0", start)
+        reason = "no sensitivity ranking: set quantize.sensitivity.tokens above 0"
+        return _summary(trials, best, reason, start, config.to)
     bar = progress(
         total=config.max_trials * evaluator.steps_per_model, desc=f"fallback (up to {config.max_trials} trials)"
     )
@@ -75,7 +76,11 @@ def fallback_search(
         nonlocal best
         t0 = time.perf_counter()
         keep = ranking[:count]
-        path = state.quantize(work / f"fallback-{count}" / "model.onnx", keep_float=keep)
+        target = work / f"fallback-{count}" / "model.onnx"
+        if config.to == "weight_only":
+            path = state.quantize(target, weight_only=keep)
+        else:
+            path = state.quantize(target, keep_float=keep)
         handle = ModelHandle(kind="onnx", produced_by="fallback", torch=evaluator.reference_model, onnx_path=path)
         result = evaluator.measure(handle, bar)
         checks = evaluator.budget_checks(result, "fallback")
@@ -126,11 +131,12 @@ def fallback_search(
                 break
             count = (failing + passing) // 2
     bar.close()
-    return _summary(trials, best, reason, start)
+    return _summary(trials, best, reason, start, config.to)
 
 
-def _summary(trials: list[dict], best: dict, reason: str, start: float) -> dict:
+def _summary(trials: list[dict], best: dict, reason: str, start: float, to: str = "float") -> dict:
     return {
+        "to": to,
         "trials": trials,
         "stopped": reason,
         "seconds": round(time.perf_counter() - start, 2),

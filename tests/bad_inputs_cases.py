@@ -208,7 +208,7 @@ CASES = [
     ),
     Case(
         "method-override-unknown",
-        "{recipe}: stages[2].method_overrides.*: Input should be 'entropy', 'minmax' or 'percentile' (got 'kl')",
+        "{recipe}: stages[2].method_overrides.*: Input should be 'entropy', 'minmax', 'percentile' or 'auto' (got 'kl')",
         setting("stages", 2, "method_overrides", value={"*": "kl"}),
     ),
     Case(
@@ -380,5 +380,44 @@ CASES = [
         "{tmp}/model: weights are pickle files (pytorch_model.bin); glmopt loads only safetensors (convert with `model.save_pretrained(dir, safe_serialization=True)`)",
         model_copy(lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin")),
         command="build",
+    ),
+    # Quantization modes and activation smoothing
+    Case(
+        "static-quantize-without-calibration",
+        "{recipe}: stages[2]: static quantization needs 'calibration' (a calibration set); or use mode weight_only",
+        setting("stages", 2, "calibration", delete=True),
+    ),
+    Case(
+        "weight-only-with-calibration",
+        "{recipe}: stages[2]: mode weight_only uses no calibration; remove 'calibration'",
+        setting("stages", 2, "mode", value="weight_only"),
+    ),
+    Case(
+        "weight-only-three-bits",
+        "{recipe}: stages[2].bits: Input should be 4 or 8 (got 3)",
+        setting("stages", 2, "bits", value=3),
+    ),
+    Case(
+        "smooth-after-export",
+        "{recipe}: stages[1]: 'smooth' cannot come after 'export': smoothing edits the PyTorch weights, so it must come before 'export' (and after 'prune', so that its factors fit the pruned model)",
+        lambda recipe, tmp: {
+            **recipe,
+            "stages": [
+                recipe["stages"][0],
+                {"stage": "smooth", "calibration": recipe["stages"][2]["calibration"]},
+                *recipe["stages"][1:],
+            ],
+        },
+    ),
+    Case(
+        "smooth-alpha-above-one",
+        "{recipe}: stages[0].alpha: Input should be less than or equal to 1 (got 1.5)",
+        lambda recipe, tmp: {
+            **recipe,
+            "stages": [
+                {"stage": "smooth", "alpha": 1.5, "calibration": recipe["stages"][2]["calibration"]},
+                *recipe["stages"],
+            ],
+        },
     ),
 ]

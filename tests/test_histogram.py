@@ -11,6 +11,7 @@ from glmopt.calibrate.histogram import (
     entropy_threshold_indices,
     minmax_range,
     percentile_range,
+    quantization_mse,
 )
 
 
@@ -128,3 +129,42 @@ def test_bins_must_allow_exact_doubling():
 def test_search_is_deterministic():
     counts = np.random.default_rng(6).integers(0, 1000, size=2048)
     assert entropy_threshold_indices(counts) == entropy_threshold_indices(counts.copy())
+
+
+def _fake_quant_mse(x: np.ndarray, lo: float, hi: float) -> float:
+    """Measured squared error of asymmetric UINT8 quantization of x over [lo, hi]."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255
+    zero = np.round(-lo / scale)
+    q = np.clip(np.round(x / scale) + zero, 0, 255)
+    return float(np.mean(((q - zero) * scale - x) ** 2))
+
+
+@pytest.mark.parametrize("kind", ["gaussian-with-outliers", "uniform", "laplace"])
+def test_histogram_mse_predicts_the_measured_error(kind):
+    rng = np.random.default_rng(1)
+    x = {
+        "gaussian-with-outliers": np.concatenate([rng.normal(size=100_000), [60.0, -50.0]]),
+        "uniform": rng.uniform(-3, 5, size=100_000),
+        "laplace": rng.laplace(size=100_000),
+    }[kind]
+    hist = hist_of(x)
+    for lo, hi in (minmax_range(hist), entropy_range(hist), percentile_range(hist, 99.9)):
+        predicted, measured = quantization_mse(hist, lo, hi), _fake_quant_mse(x, lo, hi)
+        assert predicted == pytest.approx(measured, rel=0.25), (kind, lo, hi)
+
+
+def test_auto_clips_a_heavy_tail_and_keeps_the_full_range_of_a_uniform_tensor():
+    from glmopt.stages.quantize import QuantizeConfig, tensor_range
+
+    config = QuantizeConfig(calibration="unused.yaml", method="auto")
+    rng = np.random.default_rng(2)
+    # Student's t with 2 degrees of freedom: many large values, so range spent on the tail costs
+    # more rounding error everywhere than clipping the tail does.
+    heavy = hist_of(rng.standard_t(2, size=200_000))
+    (lo, hi), method, errors = tensor_range(heavy, "auto", config)
+    assert method in ("entropy", "percentile") and hi < heavy.maximum and errors[method] < errors["minmax"]
+    uniform = hist_of(rng.uniform(-1, 1, size=200_000))
+    _, method, errors = tensor_range(uniform, "auto", config)
+    assert errors[method] == min(errors.values())
+    assert errors[method] <= errors["minmax"] * 1.0001  # nothing to clip: MinMax is (close to) the best

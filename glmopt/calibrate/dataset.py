@@ -119,3 +119,12 @@ def calibration_batches(
         "text_sha256": rows_digest([{"text": t} for t in texts]),
     }
     return batches, info
+
+
+def stage_calibration(
+    calibration: str | CalibrationSet, base_dir: Path, location: str, stage: str, tokenizer, input_names
+) -> tuple[list[dict[str, np.ndarray]], dict]:
+    """A stage's calibration batches and their description, from its `calibration` setting."""
+    cal, cal_base = resolve_calibration(calibration, base_dir)
+    where = calibration_where(calibration, base_dir, location, stage)
+    return calibration_batches(cal, tokenizer, input_names, cal_base, where)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from glmopt.fileutil import write_json
 
-MODEL_ROWS = ("reference", "prune", "export", "fuse", "quantize", "fallback")
+MODEL_ROWS = ("reference", "prune", "smooth", "export", "fuse", "quantize", "fallback")
 
 
 def _mb(size: int | None) -> str:
@@ -69,8 +69,30 @@ def verdict_line(record: dict) -> str:
     line = f"{state}: " + "; ".join(parts)
     fallback = evaluation.get("fallback")
     if fallback and fallback.get("trials"):
-        line += f". Fallback kept {fallback['float_nodes']} node(s) in float after {len(fallback['trials'])} trial(s)"
+        kept = "weight-only" if fallback.get("to") == "weight_only" else "in float"
+        line += f". Fallback kept {fallback['float_nodes']} node(s) {kept} after {len(fallback['trials'])} trial(s)"
     return line
+
+
+def quantization_line(record: dict) -> str | None:
+    """Which quantization mode the artifact uses, and why (the recipe's reason, or the mode's own)."""
+    stage = next((s for s in record["stages"] if s["name"] == "quantize"), None)
+    if stage is None:
+        return None
+    details = stage["details"]
+    if details.get("mode") == "weight_only":
+        what = (
+            f"weight-only INT{details['bits']} (MatMulNBits, blocks of {details['block_size']}, "
+            f"{details['quantized_nodes']} nodes)"
+        )
+    else:
+        per_method = ", ".join(f"{m} {n}" for m, n in details.get("tensors_per_method", {}).items())
+        what = f"static INT8 (QDQ, {details.get('quantized_nodes', '?')} nodes; activation ranges: {per_method})"
+        mixed = details.get("weight_only")
+        if mixed:
+            what += f", plus {len(mixed['nodes'])} nodes weight-only INT{mixed['bits']} (MatMulNBits)"
+    reason = details.get("reason")
+    return f"Quantization: {what}." + (f" Why: {reason}." if reason else "")
 
 
 def drop_text(drop: float | None, interval: list[float] | None) -> str:
@@ -103,6 +125,7 @@ def render_markdown(record: dict) -> str:
         f"Source: `{record['model']['source']}` ({record['model']['model_type']}, {record['model']['task']}). "
         f"Recipe: `{record['recipe']['file']}`. Built {record['created']} with glmopt {record['tools']['glmopt']}.",
         "",
+        *([quantization_line(record), ""] if quantization_line(record) else []),
         "| stage | seconds | size | latency (ms) | " + " | ".join(f"{m} | {m} drop" for m in metrics) + " |",
         "|---|---:|---:|---:|" + "---:|---:|" * len(metrics),
     ]

@@ -6,7 +6,7 @@ import json
 from html import escape
 
 from glmopt.metrics import HIGHER_IS_BETTER
-from glmopt.report import _mb, drop_text, seconds_text, stage_table, value_text, verdict_line
+from glmopt.report import _mb, drop_text, quantization_line, seconds_text, stage_table, value_text, verdict_line
 from glmopt.report.svg import PALETTE, bar_chart, histogram_plot, scatter, sensitivity_strip
 
 STYLE = """
@@ -33,6 +33,9 @@ def render_html(record: dict) -> str:
         f"({escape(record['model']['model_type'])}, {escape(record['model']['task'])}); "
         f"built {escape(record['created'])} with glmopt {escape(record['tools'].get('glmopt', '?'))}.</p>",
     ]
+    quantization = quantization_line(record)
+    if quantization:
+        body.append(f"<p>{escape(quantization)}</p>")
     body += _stage_section(record)
     body += _sensitivity_section(record)
     body += _fallback_section(record)
@@ -214,10 +217,11 @@ def _fallback_section(record: dict) -> list[str]:
     fallback = evaluation.get("fallback")
     if not fallback:
         return []
+    target = "weight-only" if fallback.get("to") == "weight_only" else "float"
     out = [
-        "<h2>Fallback to float</h2>",
+        f"<h2>Fallback to {target}</h2>",
         f"<p>{len(fallback['trials'])} trial(s) in {fallback['seconds']:.0f} s; stopped: "
-        f"{escape(fallback['stopped'])}. Best model: {fallback['float_nodes']} node(s) kept in float, "
+        f"{escape(fallback['stopped'])}. Best model: {fallback['float_nodes']} node(s) made {target}, "
         + ("within budget." if fallback["within_budget"] else "<strong>budget still missed</strong>.")
         + "</p>",
     ]

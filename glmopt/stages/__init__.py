@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from glmopt.stages import evaluate, export, fuse, prune, quantize
+from glmopt.stages import evaluate, export, fuse, prune, quantize, smooth
 from glmopt.stages.base import ModelHandle, StageContext, StageResult
 
 
@@ -25,6 +25,7 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {
     "prune": StageSpec("prune", prune.PruneConfig, prune.run, "torch"),
+    "smooth": StageSpec("smooth", smooth.SmoothConfig, smooth.run, "torch"),
     "export": StageSpec("export", export.ExportConfig, export.run, "torch", cached=True),
     "fuse": StageSpec("fuse", fuse.FuseConfig, fuse.run, "onnx", cached=True),
     "quantize": StageSpec(

@@ -78,6 +78,11 @@ class FallbackConfig(StrictModel):
     max_trials: int = Field(8, ge=1, le=100, description="re-quantize-and-evaluate trials at most")
     max_minutes: float = Field(30.0, gt=0, le=1440, description="no new trial starts after this long")
     first_step: int = Field(1, ge=1, le=10000, description="float nodes in the first trial; later trials double it")
+    to: Literal["float", "weight_only"] = Field(
+        "float",
+        description="what the sensitive nodes become: float (FP32), or weight-only (MatMulNBits at the quantize "
+        "stage's bits: activations in float, weights still small; other op types go to float)",
+    )
 
 
 class EvaluateConfig(StrictModel):

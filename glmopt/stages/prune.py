@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from glmopt.calibrate.dataset import CalibrationSet, calibration_batches, calibration_where, resolve_calibration
+from glmopt.calibrate.dataset import CalibrationSet, stage_calibration
 from glmopt.errors import StageError
 from glmopt.models import LoadedModel
 from glmopt.schema import StrictModel
@@ -237,13 +237,8 @@ def run(config: PruneConfig, ctx: StageContext, model: ModelHandle) -> StageResu
     else:
         norms = None
         if config.ranking == "activation":
-            cal, cal_base = resolve_calibration(config.calibration, ctx.base_dir)
-            batches, cal_info = calibration_batches(
-                cal,
-                source.tokenizer,
-                source.arch.input_names,
-                cal_base,
-                calibration_where(config.calibration, ctx.base_dir, ctx.location, "prune"),
+            batches, cal_info = stage_calibration(
+                config.calibration, ctx.base_dir, ctx.location, "prune", source.tokenizer, source.arch.input_names
             )
             targets = [b.output for b in pruned.arch.mlp_blocks(pruned.model)]
             if pruned.arch.attention_blocks is not None:

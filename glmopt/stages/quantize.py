@@ -12,19 +12,26 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from glmopt.calibrate.collect import activation_inputs, collect_histograms, matches, select_nodes
-from glmopt.calibrate.dataset import CalibrationSet, calibration_batches, calibration_where, resolve_calibration
-from glmopt.calibrate.histogram import compact_histogram, entropy_range, minmax_range, percentile_range
+from glmopt.calibrate.dataset import CalibrationSet, stage_calibration
+from glmopt.calibrate.histogram import (
+    compact_histogram,
+    entropy_range,
+    minmax_range,
+    percentile_range,
+    quantization_mse,
+)
 from glmopt.calibrate.sensitivity import measure_sensitivity, ranked
 from glmopt.errors import StageError
 from glmopt.fileutil import write_json
-from glmopt.onnx_utils import make_session, run_session, save_model
+from glmopt.onnx_utils import make_session, model_files, run_session, save_model
 from glmopt.schema import StrictModel
 from glmopt.stages.base import ModelHandle, StageContext, StageResult
 from glmopt.stages.export import dummy_inputs
@@ -43,11 +50,29 @@ class SensitivityConfig(StrictModel):
 
 class QuantizeConfig(StrictModel):
     stage: Literal["quantize"] = "quantize"
-    calibration: str | CalibrationSet = Field(
-        ..., description="a calibration set file (relative to the recipe) or an inline definition"
+    mode: Literal["static", "weight_only"] = Field(
+        "static",
+        description="static: INT8 weights and activations (QDQ), activation ranges from calibration; "
+        "weight_only: INT8/INT4 block-quantized weights (ONNX Runtime's MatMulNBits), float activations, "
+        "no calibration: for models whose activations static INT8 cannot represent within the budget",
     )
-    method: Literal["entropy", "minmax", "percentile"] = "entropy"
-    method_overrides: dict[str, Literal["entropy", "minmax", "percentile"]] = Field(
+    reason: str | None = Field(None, description="why this mode was chosen, quoted in the report")
+    calibration: str | CalibrationSet | None = Field(
+        None, description="static: a calibration set file (relative to the recipe) or an inline definition"
+    )
+    bits: Literal[4, 8] = Field(8, description="weight_only: bits per weight")
+    block_size: int = Field(32, ge=16, le=256, description="weight_only: weights per scale (a power of two)")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        0,
+        description="weight_only: MatMulNBits compute type; 0 the most accurate available (float), 4 quantizes "
+        "activations to INT8 per block inside the kernel (faster on CPUs, a little less accurate)",
+    )
+    method: Literal["entropy", "minmax", "percentile", "auto"] = Field(
+        "entropy",
+        description="activation range method; auto picks, per tensor, whichever of entropy, minmax and percentile "
+        "gives the lowest expected squared quantization error on its calibration histogram",
+    )
+    method_overrides: dict[str, Literal["entropy", "minmax", "percentile", "auto"]] = Field(
         default_factory=dict,
         description="node-name glob -> range method for the inputs of matching nodes (first match wins)",
     )
@@ -60,7 +85,23 @@ class QuantizeConfig(StrictModel):
     activation_matmuls: bool = Field(False, description="also quantize activation x activation MatMuls")
     nodes: list[str] | None = Field(None, description="glob patterns of node names to quantize (default: all)")
     exclude_nodes: list[str] = Field(default_factory=list, description="glob patterns of node names kept in float")
+    weight_only_nodes: list[str] = Field(
+        default_factory=list,
+        description="static: glob patterns of MatMul nodes quantized weight-only (MatMulNBits, `bits`, `block_size`) "
+        "instead of static INT8: their activations stay in float, their weights still shrink",
+    )
     sensitivity: SensitivityConfig = SensitivityConfig()
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> QuantizeConfig:
+        if self.mode == "static" and self.calibration is None:
+            raise ValueError("static quantization needs 'calibration' (a calibration set); or use mode weight_only")
+        if self.mode == "weight_only":
+            if self.calibration is not None:
+                raise ValueError("mode weight_only uses no calibration; remove 'calibration'")
+            if self.block_size & (self.block_size - 1):
+                raise ValueError("'block_size' must be a power of two")
+        return self
 
     @field_validator("num_bins")
     @classmethod
@@ -75,6 +116,18 @@ RANGE_FUNCTIONS = {
     "minmax": lambda h, c: minmax_range(h),
     "percentile": lambda h, c: percentile_range(h, c.percentile),
 }
+
+
+def tensor_range(hist, method: str, config: QuantizeConfig) -> tuple[tuple[float, float], str, dict | None]:
+    """(range, the method that gave it, each candidate's expected error when the method is auto)."""
+    if method != "auto":
+        return RANGE_FUNCTIONS[method](hist, config), method, None
+    candidates = {name: function(hist, config) for name, function in RANGE_FUNCTIONS.items()}
+    errors = {
+        name: quantization_mse(hist, lo, hi, config.symmetric_activations) for name, (lo, hi) in candidates.items()
+    }
+    best = min(errors, key=errors.__getitem__)  # ties keep the order above: entropy first
+    return candidates[best], best, errors
 
 
 def tensor_methods(nodes: list, tensors: list[str], config: QuantizeConfig) -> dict[str, str]:
@@ -108,6 +161,7 @@ def quantize_with_ranges(
         "entropy": CalibrationMethod.Entropy,
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
+        "auto": CalibrationMethod.Entropy,  # only a label here: the ranges are ours
     }[config.method]
     data = TensorsData(
         method,
@@ -231,12 +285,128 @@ def vectorized_initializer_quantization():
         qdq.quantize_onnx_initializer = stock
 
 
-def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageResult:
+MODE_REASONS = {
+    "static": "static INT8: integer kernels for every quantized MatMul, the fastest on CPUs",
+    "weight_only": "weight-only: activations stay in float, so activation outliers cannot hurt accuracy",
+}
+
+
+def quantize_mixed(
+    src: Path,
+    dst: Path,
+    ranges: dict[str, tuple[float, float]],
+    static_nodes: list[str],
+    weight_only_nodes: list[str],
+    config: QuantizeConfig,
+) -> None:
+    """Static INT8 QDQ for `static_nodes`, then weight-only MatMulNBits for `weight_only_nodes`."""
+    import onnx
+
+    if not static_nodes and not weight_only_nodes:
+        save_model(onnx.load(str(src)), dst)  # an empty node list would read as "quantize everything"
+        return
+    if not weight_only_nodes:
+        quantize_with_ranges(src, dst, ranges, static_nodes, config)
+        return
+    if not static_nodes:
+        quantize_weight_only(src, dst, weight_only_nodes, config)
+        return
+    staged = dst.with_name(dst.stem + ".static.onnx")
+    quantize_with_ranges(src, staged, ranges, static_nodes, config)
+    quantize_weight_only(staged, dst, weight_only_nodes, config)
+    for f in model_files(staged):
+        f.unlink()
+
+
+def quantize_weight_only(src: Path, dst: Path, nodes: list[str], config: QuantizeConfig) -> None:
+    """ONNX Runtime's MatMulNBits (and GatherBlockQuantized for embeddings): symmetric, round to nearest."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    op_types = tuple(t for t in config.op_types if t in ("MatMul", "Gather"))
+    algo = DefaultWeightOnlyQuantConfig(
+        block_size=config.block_size,
+        is_symmetric=True,
+        accuracy_level=config.accuracy_level,
+        quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=op_types,
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+        bits=config.bits,
+    )
+    model = onnx.load(str(src))
+    # nodes_to_include only adds to the op types (every MatMul would be taken): name the others instead.
+    wanted = set(nodes)
+    others = [n.name for n in model.graph.node if n.op_type in op_types and n.name not in wanted]
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=config.bits,
+        block_size=config.block_size,
+        is_symmetric=True,
+        accuracy_level=config.accuracy_level,
+        nodes_to_exclude=others,
+        op_types_to_quantize=op_types,
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+        algo_config=algo,
+    )
+    logging.getLogger().setLevel(logging.ERROR)
+    quantizer.process()
+    save_model(quantizer.model.model, dst)
+
+
+def run_weight_only(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageResult:
     import onnx
 
     assert model.onnx_path is not None
+    start = time.perf_counter()
+    proto = onnx.load(str(model.onnx_path), load_external_data=False)
+    nodes = select_nodes(proto, config.op_types, config.nodes, config.exclude_nodes, True)
+    del proto
+    if not nodes:
+        raise StageError("quantize", "no node matches op_types / nodes / exclude_nodes: nothing to quantize")
+    bar = ctx.progress(total=2, desc=f"quantize (weight-only INT{config.bits})")
+    out = ctx.work_dir / "model.onnx"
+    # ONNX Runtime's block quantizer takes an embedding table (Gather) at 4 bits only; at 8 bits the table
+    # goes through the QDQ quantizer instead (a Gather's input is integer ids: no activation range needed).
+    matmuls = [n.name for n in nodes if n.op_type != "Gather" or config.bits == 4]
+    gathers = [n.name for n in nodes if n.op_type == "Gather" and config.bits == 8]
+    try:
+        quantize_mixed(model.onnx_path, out, {}, gathers, matmuls, config)
+    except Exception as exc:
+        raise StageError(
+            "quantize", f"ONNX Runtime's MatMulNBits quantizer failed: {str(exc).splitlines()[0]}"
+        ) from None
+    bar.update(1)
+    graph = onnx.load(str(out), load_external_data=False).graph
+    counts = {op: sum(1 for n in graph.node if n.op_type == op) for op in ("MatMulNBits", "GatherBlockQuantized")}
+    counts["Gather (QDQ INT8)"] = len(gathers)
+    check = run_session(make_session(out, ctx.providers), dummy_inputs(model.loaded, 2, 19, seed=ctx.seed))[0]
+    if not np.isfinite(check).all():
+        raise StageError("quantize", "the quantized model produces non-finite outputs")
+    bar.update(1)
+    bar.close()
+    details = {
+        "mode": "weight_only",
+        "reason": config.reason or MODE_REASONS["weight_only"],
+        "bits": config.bits,
+        "block_size": config.block_size,
+        "accuracy_level": config.accuracy_level,
+        "op_types": list(config.op_types),
+        "quantized_nodes": sum(counts.values()),
+        "quantized_by_op": counts,
+        "exclude_nodes": list(config.exclude_nodes),
+        "timings": {"quantizer_seconds": round(time.perf_counter() - start, 2)},
+    }
+    return StageResult(ModelHandle(kind="onnx", produced_by="quantize", onnx_path=out, torch=model.torch), details)
+
+
+def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageResult:
+    import onnx
+
+    if config.mode == "weight_only":
+        return run_weight_only(config, ctx, model)
+    assert model.onnx_path is not None
     loaded = model.loaded
-    where = calibration_where(config.calibration, ctx.base_dir, ctx.location, "quantize")
     clock = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -246,13 +416,17 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         timings[name] = round(now - clock, 2)
         clock = now
 
-    cal, cal_base = resolve_calibration(config.calibration, ctx.base_dir)
-    batches, cal_info = calibration_batches(cal, loaded.tokenizer, loaded.arch.input_names, cal_base, where)
+    batches, cal_info = stage_calibration(
+        config.calibration, ctx.base_dir, ctx.location, "quantize", loaded.tokenizer, loaded.arch.input_names
+    )
 
     proto = onnx.load(str(model.onnx_path), load_external_data=False)
     nodes = select_nodes(proto, config.op_types, config.nodes, config.exclude_nodes, not config.activation_matmuls)
     if not nodes:
         raise StageError("quantize", "no node matches op_types / nodes / exclude_nodes: nothing to quantize")
+    # Weight-only nodes need no activation ranges: they leave the static set before calibration.
+    weight_only = [n.name for n in nodes if n.op_type == "MatMul" and matches(n.name, config.weight_only_nodes)]
+    nodes = [n for n in nodes if n.name not in set(weight_only)]
     tensors = activation_inputs(proto, nodes)
     del proto
     lap("prepare_seconds")
@@ -273,14 +447,17 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         if hist.total == 0:
             skipped.append(name)  # only non-finite values: no range exists; its consumers stay in float
         else:
-            ranges[name] = RANGE_FUNCTIONS[methods[name]](hist, config)
+            ranges[name], method, errors = tensor_range(hist, methods[name], config)
             saved[name] = {
-                "method": methods[name],
+                "method": method,
                 "range": list(ranges[name]),
                 "minmax": [hist.minimum, hist.maximum],
                 "values": hist.total,
                 "nonfinite": hist.nonfinite,
             }
+            if errors is not None:
+                saved[name]["picked_by"] = "auto: lowest expected squared error"
+                saved[name]["mse"] = errors
         search.update(1)
     search.close()
     lap("search_seconds")
@@ -327,19 +504,22 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
 
     out = ctx.work_dir / "model.onnx"
     try:
-        quantize_with_ranges(model.onnx_path, out, ranges, quantized_nodes, config)
+        quantize_mixed(model.onnx_path, out, ranges, quantized_nodes, weight_only, config)
     except Exception as exc:
-        raise StageError("quantize", f"ONNX Runtime's QDQ quantizer failed: {str(exc).splitlines()[0]}") from None
+        raise StageError("quantize", f"ONNX Runtime's quantizer failed: {str(exc).splitlines()[0]}") from None
     lap("quantizer_seconds")
     check = run_session(make_session(out, ctx.providers), dummy_inputs(loaded, 2, 19, seed=ctx.seed))[0]
     if not np.isfinite(check).all():
         raise StageError("quantize", "the quantized model produces non-finite outputs")
 
     clipped = sum(1 for s in saved.values() if s["range"] != s["minmax"])
+    picked = [s["method"] for s in saved.values()]
     details = {
+        "mode": "static",
+        "reason": config.reason or MODE_REASONS["static"],
         "method": config.method,
         "method_overrides": dict(config.method_overrides),
-        "tensors_per_method": {m: list(methods.values()).count(m) for m in sorted(set(methods.values()))},
+        "tensors_per_method": {m: picked.count(m) for m in sorted(set(picked))},
         "per_channel": config.per_channel,
         "op_types": list(config.op_types),
         "quantized_nodes": len(quantized_nodes),
@@ -349,6 +529,9 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         "calibration": cal_info,
         "ranges_file": ranges_file.name,
         "exclude_nodes": list(config.exclude_nodes),
+        "weight_only": {"nodes": weight_only, "bits": config.bits, "block_size": config.block_size}
+        if weight_only
+        else None,
         "timings": timings,
     }
     if ranking:
@@ -365,6 +548,8 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
         quantized_nodes=quantized_nodes,
         config=config,
         ranking=[r["node"] for r in ranking],
+        weight_only_nodes=weight_only,
+        op_types={n.name: n.op_type for n in nodes},
     )
     return StageResult(handle, details, state=state)
 
@@ -382,16 +567,19 @@ class QuantizeState:
     quantized_nodes: list[str]
     config: QuantizeConfig
     ranking: list[str]  # quantized node names, most sensitive first (empty when sensitivity was skipped)
+    weight_only_nodes: list[str] = dataclass_field(default_factory=list)
+    op_types: dict[str, str] = dataclass_field(default_factory=dict)  # node name -> op type
 
-    def quantize(self, dst: Path, keep_float: list[str] = (), only: list[str] | None = None) -> Path:
-        """Quantize the float model again from the same ranges, keeping `keep_float` nodes in float."""
-        nodes = [n for n in (only if only is not None else self.quantized_nodes) if n not in set(keep_float)]
-        if not nodes:  # ONNX Runtime reads an empty node list as "quantize everything"
-            import onnx
-
-            save_model(onnx.load(str(self.source)), dst)
-            return dst
-        quantize_with_ranges(self.source, dst, self.ranges, nodes, self.config)
+    def quantize(
+        self, dst: Path, keep_float: list[str] = (), only: list[str] | None = None, weight_only: list[str] = ()
+    ) -> Path:
+        """Quantize the float model again from the same ranges: `keep_float` nodes stay in float, `weight_only`
+        MatMuls become weight-only (other op types among them stay in float), `only` limits the static set."""
+        moved = {n for n in weight_only if self.op_types.get(n) == "MatMul"}
+        floated = set(keep_float) | (set(weight_only) - moved)
+        nodes = [n for n in (only if only is not None else self.quantized_nodes) if n not in floated | moved]
+        block_only = [] if only is not None else [n for n in self.weight_only_nodes if n not in floated]
+        quantize_mixed(self.source, dst, self.ranges, nodes, [*block_only, *sorted(moved)], self.config)
         return dst
 
 
@@ -400,6 +588,8 @@ def save_state(state: QuantizeState) -> dict:
         "ranges": {k: list(v) for k, v in state.ranges.items()},
         "quantized_nodes": state.quantized_nodes,
         "ranking": state.ranking,
+        "weight_only_nodes": state.weight_only_nodes,
+        "op_types": state.op_types,
     }
 
 
@@ -411,6 +601,8 @@ def load_state(saved: dict, config: QuantizeConfig, model: ModelHandle) -> Quant
         quantized_nodes=list(saved["quantized_nodes"]),
         config=config,
         ranking=list(saved["ranking"]),
+        weight_only_nodes=list(saved.get("weight_only_nodes", [])),
+        op_types=dict(saved.get("op_types", {})),
     )
 
 
