@@ -202,6 +202,14 @@ def main() -> None:
         keys = list(dict.fromkeys(k for r in mine for k in r))
         print(table(keys, [[r.get(k, "") for k in keys] for r in mine]))
         print()
+    for row in rows:
+        if row["method"] == "glmopt int8":  # the goals for recipes/int8.yaml
+            for label, value, goal, ok in (
+                ("perplexity change %", row["perplexity change %"], "<= +2%", row["perplexity change %"] <= 2.0),
+                ("speedup 4x512", row["speedup 4x512"], ">= 2x", row["speedup 4x512"] >= 2.0),
+                ("size x FP32", row["size x"], "<= 0.35x", row["size x"] <= 0.35),
+            ):
+                print(f"goal {label} {goal}: {value:.3g} -> {'met' if ok else 'MISSED'}")
     print(
         "change % and speedup are against fp32 (glmopt's exported and fused FP32 graph); perplexity: lower is "
         "better, so a positive change is a loss; 'build s' is the stock quantizer's time, and for glmopt the "
