@@ -88,7 +88,7 @@ def _preflight(loaded: LoadedRecipe, model_type: str) -> str:
     evaluation_texts: dict[str, set[str]] = {}
     for i, stage in enumerate(recipe.stages):
         where = f"{loaded.path}: stages[{i}]"
-        if getattr(stage, "calibration", None) is not None:  # quantize, and prune ranked by activations
+        if getattr(stage, "calibration", None) is not None:  # quantize, smooth, and prune ranked by activations
             cal, cal_base, cal_where = stage.calibration, loaded.base_dir, f"{where}.calibration"
             if isinstance(cal, str):
                 cal_path = (loaded.base_dir / cal).resolve()
