@@ -54,6 +54,31 @@ def max_diff(a: Path, b: Path, loaded) -> float:
     return float(np.abs(x - y).max())
 
 
+def run_build(recipe: Path, artifacts: Path) -> tuple[float, dict, int]:
+    """`glmopt build RECIPE --json` in a fresh process: (wall seconds, its --json result, the build's peak RSS).
+
+    The build runs under a small Python parent whose only child it is, so that the parent's
+    RUSAGE_CHILDREN peak is the build's own (the caller's other children would count otherwise).
+    """
+    import json
+    import subprocess
+
+    glmopt = Path(sys.executable).with_name("glmopt")
+    parent = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:]); "
+        "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)"
+    )
+    cmd = [str(glmopt), "build", str(recipe), "--artifacts-dir", str(artifacts), "--json", "-q"]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", parent, *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if not proc.stdout.strip():
+        print(proc.stderr)
+        raise SystemExit(1)
+    peak = next(int(line.split()[1]) * 1024 for line in proc.stderr.splitlines() if line.startswith("peak_rss_kb"))
+    return wall, json.loads(proc.stdout.strip().splitlines()[-1]), peak
+
+
 def table(headers: list[str], rows: list[list]) -> str:
     cells = [[str(h) for h in headers]] + [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

@@ -21,41 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, latency_ms, table
+from common import REPO_ROOT, latency_ms, run_build, table
 
 RECIPES = {
     "smollm2-glm": ["recipes/weight-only-int4.yaml", "recipes/int8.yaml"],
     "all-minilm-l6-v2": ["recipes/int8-minilm.yaml"],
 }
 SHAPES = [(1, 128), (4, 512)]
-
-
-def build_recipe(recipe: Path, artifacts: Path) -> tuple[float, dict, int]:
-    """`glmopt build` in a fresh process; (wall seconds, its --json result, its peak RSS).
-
-    The build runs under a small Python parent whose only child it is, so that the parent's
-    RUSAGE_CHILDREN peak is the build's own (this process's other children would count otherwise).
-    """
-    glmopt = Path(sys.executable).with_name("glmopt")
-    parent = (
-        "import resource, subprocess, sys; subprocess.run(sys.argv[1:]); "
-        "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)"
-    )
-    cmd = [str(glmopt), "build", str(recipe), "--artifacts-dir", str(artifacts), "--json", "-q"]
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", parent, *cmd], capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    peak = next(int(line.split()[1]) * 1024 for line in proc.stderr.splitlines() if line.startswith("peak_rss_kb"))
-    if not proc.stdout.strip():
-        print(proc.stderr)
-        raise SystemExit(1)
-    return wall, json.loads(proc.stdout.strip().splitlines()[-1]), peak
 
 
 def fused_fp32(artifacts: Path) -> Path:
@@ -117,16 +94,8 @@ def score(evaluate_config, loaded, path: Path, work: Path) -> dict[str, float]:
     ctx = StageContext(work, REPO_ROOT / "recipes", loaded, [], ["CPUExecutionProvider"], 0, progress_factory(False))
     evaluator = Evaluator(evaluate_config, ctx)
     handle = ModelHandle("onnx", "bench", torch=loaded, onnx_path=path)
-    result = evaluator.measure(handle, _NoBar(), latency=False)
+    result = evaluator.measure(handle, progress_factory(False)(total=0, desc=""), latency=False)
     return {m: v["value"] for m, v in result["metrics"].items()}
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
 
 
 def bench_model(builtin: str, runs: int) -> list[dict]:
@@ -145,7 +114,7 @@ def bench_model(builtin: str, runs: int) -> list[dict]:
             label = f"glmopt {recipe.stem}"
             print(f"[{builtin}] glmopt build {recipe.relative_to(REPO_ROOT)} ...", file=sys.stderr, flush=True)
             artifacts = work / recipe.stem
-            wall, built, peak = build_recipe(recipe, artifacts)
+            wall, built, peak = run_build(recipe, artifacts)
             builds[label] = (Path(built["artifact"]) / "model.onnx", wall, peak)
             stages, evaluate_config = recipe_parts(recipe)
             evaluate = evaluate or evaluate_config

@@ -11,32 +11,14 @@ and removed afterwards. Prints both wall times, each stage's seconds and cache s
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+from common import run_build
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_build(recipe: Path, artifacts: Path) -> tuple[float, dict]:
-    glmopt = Path(sys.executable).with_name("glmopt")
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [str(glmopt), "build", str(recipe), "--artifacts-dir", str(artifacts), "--json", "-q"],
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - start
-    if not proc.stdout.strip():
-        print(proc.stderr)
-        raise SystemExit(proc.returncode)
-    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def with_looser_budgets(recipe: Path) -> Path:
@@ -57,8 +39,8 @@ def main() -> None:
     artifacts = Path(tempfile.mkdtemp(prefix="glmopt-rebuild-"))
     changed = with_looser_budgets(recipe)
     try:
-        first_wall, first = run_build(recipe, artifacts)
-        second_wall, second = run_build(changed, artifacts)
+        first_wall, first, _ = run_build(recipe, artifacts)
+        second_wall, second, _ = run_build(changed, artifacts)
     finally:
         changed.unlink(missing_ok=True)
         shutil.rmtree(artifacts, ignore_errors=True)

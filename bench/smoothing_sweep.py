@@ -41,14 +41,6 @@ DEFAULT_VARIANTS = [
 CALIBRATION = "../calibration/wikipedia-32x256.yaml"
 
 
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--alphas", nargs="+", type=float, default=[-1.0, 0.5, 0.8, 0.9, 1.0])
@@ -77,7 +69,8 @@ def main() -> None:
         tasks=[{"metric": "perplexity", "data": {"builtin": "lee-news"}, "window": 512, "max_tokens": 4096}]
     )
     evaluator = evaluate.Evaluator(evaluation, context("evaluate", loaded))
-    reference = evaluator.measure(ModelHandle("torch", "reference", torch=loaded), _NoBar(), latency=False)
+    no_bar = progress_factory(False)(total=0, desc="")
+    reference = evaluator.measure(ModelHandle("torch", "reference", torch=loaded), no_bar, latency=False)
     fp32 = reference["metrics"]["perplexity"]["value"]
     rows = [{"alpha": "-", "variant": "FP32 (PyTorch)", "perplexity": fp32, "change %": 0.0}]
     try:
@@ -98,7 +91,7 @@ def main() -> None:
                 start = time.perf_counter()
                 quantized = quantize.run(config, context(f"q-{alpha}-{i}", handle.loaded), exported).model
                 seconds = time.perf_counter() - start
-                result = evaluator.measure(quantized, _NoBar(), latency=False)
+                result = evaluator.measure(quantized, no_bar, latency=False)
                 value = result["metrics"]["perplexity"]["value"]
                 rows.append(
                     {

@@ -410,9 +410,9 @@ def _tune(evaluation: dict, states: dict, history: list, current, work: Path, pr
     best = search.pop("best")
     kept = quantized.ranking[: best["float_nodes"]]
     if config.fallback.to == "weight_only":  # MatMuls go weight-only; any other op type goes to float
-        moved = [n for n in kept if quantized.op_types.get(n) == "MatMul"]
+        moved, rest = quantized.split_weight_only(kept)
         search["weight_only_nodes"] = [glob_literal(n) for n in moved]
-        search["exclude_nodes"] = [glob_literal(n) for n in kept if n not in set(moved)]
+        search["exclude_nodes"] = [glob_literal(n) for n in rest]
         search["recipe_snippet"] = {
             "weight_only_nodes": search["weight_only_nodes"],
             "exclude_nodes": search["exclude_nodes"],

@@ -18,13 +18,18 @@ from recipes import decoder_recipe, write
 STEPS = 12
 
 
+def empty_past(session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
+    """A cache of length 0 for every `past_key_values.*` input: what the prompt's call takes."""
+    return {
+        i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), np.float32)
+        for i in session.get_inputs()
+        if i.name.startswith("past_key_values.")
+    }
+
+
 def greedy_with_cache(session: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
-    inputs = {i.name: i for i in session.get_inputs()}
-    past_names = [n for n in inputs if n.startswith("past_key_values.")]
-    feeds = {"input_ids": ids, "attention_mask": mask}
-    for name in past_names:
-        _, heads, _, head_dim = inputs[name].shape
-        feeds[name] = np.zeros((len(ids), heads, 0, head_dim), np.float32)
+    feeds = {"input_ids": ids, "attention_mask": mask, **empty_past(session, len(ids))}
+    past_names = [n for n in feeds if n.startswith("past_key_values.")]
     out_names = [o.name for o in session.get_outputs()]
     tokens = []
     for _ in range(steps):
@@ -45,15 +50,10 @@ def greedy_with_cache(session: ort.InferenceSession, ids: np.ndarray, mask: np.n
 
 def greedy_without_cache(session: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, steps: int):
     """The same decoding, recomputing the whole sequence each step (the cache inputs left empty)."""
-    inputs = {i.name: i for i in session.get_inputs()}
     tokens = []
     for _ in range(steps):
-        feeds = {"input_ids": ids, "attention_mask": mask}
+        feeds = {"input_ids": ids, "attention_mask": mask, **empty_past(session, len(ids))}
         feeds["position_ids"] = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-        for name, graph_input in inputs.items():
-            if name.startswith("past_key_values."):
-                _, heads, _, head_dim = graph_input.shape
-                feeds[name] = np.zeros((len(ids), heads, 0, head_dim), np.float32)
         next_ids = session.run(["logits"], feeds)[0][:, -1].argmax(axis=-1).astype(np.int64)[:, None]
         tokens.append(next_ids)
         ids = np.concatenate([ids, next_ids], axis=1)

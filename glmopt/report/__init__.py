@@ -125,7 +125,7 @@ def render_markdown(record: dict) -> str:
         f"Source: `{record['model']['source']}` ({record['model']['model_type']}, {record['model']['task']}). "
         f"Recipe: `{record['recipe']['file']}`. Built {record['created']} with glmopt {record['tools']['glmopt']}.",
         "",
-        *([quantization_line(record), ""] if quantization_line(record) else []),
+        *([quantization, ""] if (quantization := quantization_line(record)) else []),
         "| stage | seconds | size | latency (ms) | " + " | ".join(f"{m} | {m} drop" for m in metrics) + " |",
         "|---|---:|---:|---:|" + "---:|---:|" * len(metrics),
     ]

@@ -132,10 +132,9 @@ class CacheLayout:
 
     @classmethod
     def of(cls, loaded: LoadedModel) -> CacheLayout:
-        cfg = loaded.model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        return cls(int(cfg.num_hidden_layers), int(kv_heads), int(head_dim))
+        """From the architecture's attention facts (one block per layer)."""
+        blocks = loaded.arch.attention_blocks(loaded.model)
+        return cls(len(blocks), blocks[0].num_kv_heads, blocks[0].head_dim)
 
     def names(self, prefix: str) -> list[str]:
         return [f"{prefix}{layer}.{part}" for layer in range(self.layers) for part in ("key", "value")]

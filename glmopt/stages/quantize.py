@@ -354,6 +354,12 @@ def quantize_weight_only(src: Path, dst: Path, nodes: list[str], config: Quantiz
     save_model(quantizer.model.model, dst)
 
 
+def check_finite_outputs(path: Path, loaded, ctx: StageContext) -> None:
+    check = run_session(make_session(path, ctx.providers), dummy_inputs(loaded, 2, 19, seed=ctx.seed))[0]
+    if not np.isfinite(check).all():
+        raise StageError("quantize", "the quantized model produces non-finite outputs")
+
+
 def run_weight_only(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageResult:
     import onnx
 
@@ -380,9 +386,7 @@ def run_weight_only(config: QuantizeConfig, ctx: StageContext, model: ModelHandl
     graph = onnx.load(str(out), load_external_data=False).graph
     counts = {op: sum(1 for n in graph.node if n.op_type == op) for op in ("MatMulNBits", "GatherBlockQuantized")}
     counts["Gather (QDQ INT8)"] = len(gathers)
-    check = run_session(make_session(out, ctx.providers), dummy_inputs(model.loaded, 2, 19, seed=ctx.seed))[0]
-    if not np.isfinite(check).all():
-        raise StageError("quantize", "the quantized model produces non-finite outputs")
+    check_finite_outputs(out, model.loaded, ctx)
     bar.update(1)
     bar.close()
     details = {
@@ -508,9 +512,7 @@ def run(config: QuantizeConfig, ctx: StageContext, model: ModelHandle) -> StageR
     except Exception as exc:
         raise StageError("quantize", f"ONNX Runtime's quantizer failed: {str(exc).splitlines()[0]}") from None
     lap("quantizer_seconds")
-    check = run_session(make_session(out, ctx.providers), dummy_inputs(loaded, 2, 19, seed=ctx.seed))[0]
-    if not np.isfinite(check).all():
-        raise StageError("quantize", "the quantized model produces non-finite outputs")
+    check_finite_outputs(out, loaded, ctx)
 
     clipped = sum(1 for s in saved.values() if s["range"] != s["minmax"])
     picked = [s["method"] for s in saved.values()]
@@ -570,13 +572,18 @@ class QuantizeState:
     weight_only_nodes: list[str] = dataclass_field(default_factory=list)
     op_types: dict[str, str] = dataclass_field(default_factory=dict)  # node name -> op type
 
+    def split_weight_only(self, names: list[str]) -> tuple[list[str], list[str]]:
+        """(the MatMuls among `names`, which can be weight-only; the rest, which go to float instead)."""
+        moved = [n for n in names if self.op_types.get(n) == "MatMul"]
+        return moved, [n for n in names if n not in set(moved)]
+
     def quantize(
         self, dst: Path, keep_float: list[str] = (), only: list[str] | None = None, weight_only: list[str] = ()
     ) -> Path:
         """Quantize the float model again from the same ranges: `keep_float` nodes stay in float, `weight_only`
         MatMuls become weight-only (other op types among them stay in float), `only` limits the static set."""
-        moved = {n for n in weight_only if self.op_types.get(n) == "MatMul"}
-        floated = set(keep_float) | (set(weight_only) - moved)
+        moved, rest = self.split_weight_only(weight_only)
+        moved, floated = set(moved), set(keep_float) | set(rest)
         nodes = [n for n in (only if only is not None else self.quantized_nodes) if n not in floated | moved]
         block_only = [] if only is not None else [n for n in self.weight_only_nodes if n not in floated]
         quantize_mixed(self.source, dst, self.ranges, nodes, [*block_only, *sorted(moved)], self.config)
